@@ -1,0 +1,24 @@
+"""``python -m models``: parameters and multiply-accumulates of every registered model."""
+
+from . import MODELS, build_model, count_macs, count_parameters
+
+
+def main() -> None:
+    print(
+        "| model | params (CIFAR, 10 classes) | MACs @ 32x32 "
+        "| params (ImageNet, 1000 classes) | MACs @ 224x224 |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for name in MODELS:
+        cifar = build_model(name, num_classes=10, stem="cifar")
+        row = [name, f"{count_parameters(cifar):,}", f"{count_macs(cifar, 32) / 1e6:.1f} M"]
+        if name.startswith("fishnet"):
+            imagenet = build_model(name, num_classes=1000, stem="imagenet")
+            row += [f"{count_parameters(imagenet):,}", f"{count_macs(imagenet, 224) / 1e6:.1f} M"]
+        else:
+            row += ["-", "-"]
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""The building blocks of FishNet (Sun et al., NeurIPS 2018, arXiv 1901.03495).
+
+Every block is pre-activation (BN-ReLU before each convolution) and no block
+applies an activation after its residual sum, so identity paths carry gradients
+from the classifier to the stem untouched. That is the paper's point: no
+"isolated" convolution sits on the path between resolutions.
+"""
+
+import torch
+from torch import Tensor, nn
+
+
+def bn_relu(channels: int) -> list[nn.Module]:
+    return [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        *bn_relu(out_channels),
+    )
+
+
+def make_stem(kind: str, out_channels: int) -> nn.Sequential:
+    """Three 3x3 convolutions; the ImageNet stem also reduces the resolution 4x.
+
+    The CIFAR stem keeps 32x32 so that the tail still has room to halve it three times.
+    """
+    if kind not in ("imagenet", "cifar"):
+        raise ValueError(f"stem must be 'imagenet' or 'cifar', got {kind!r}")
+    imagenet = kind == "imagenet"
+    mid_channels = out_channels // 2
+    layers = [
+        conv_bn_relu(3, mid_channels, stride=2 if imagenet else 1),
+        conv_bn_relu(mid_channels, mid_channels),
+        conv_bn_relu(mid_channels, out_channels),
+    ]
+    if imagenet:
+        layers.append(nn.MaxPool2d(3, stride=2, padding=1))
+    return nn.Sequential(*layers)
+
+
+class ChannelReduction(nn.Module):
+    """r(x) of the paper's Eq. 8: sums each group of k adjacent channels, C -> C / k.
+
+    It has no parameters, so the up-sampling path stays free of isolated
+    convolutions while still matching the residual branch's channel count.
+    """
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.unflatten(1, (x.shape[1] // self.k, self.k)).sum(2)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}"
+
+
+class Bottleneck(nn.Module):
+    """Pre-activation bottleneck residual unit: BN-ReLU-conv1x1, BN-ReLU-conv3x3, BN-ReLU-conv1x1.
+
+    The shortcut is, in this order of precedence:
+      1. ``reduce_channels=True`` (the first unit of a body stage, "UP mode"): r(x) with
+         k = in_channels / out_channels, the identity when k = 1;
+      2. in_channels != out_channels or stride > 1: BN-ReLU-conv1x1;
+      3. otherwise the identity.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        dilation: int = 1,
+        reduce_channels: bool = False,
+    ) -> None:
+        super().__init__()
+        if out_channels % 4:
+            raise ValueError(f"bottleneck output channels must divide by 4, got {out_channels}")
+        mid_channels = out_channels // 4
+        self.residual = nn.Sequential(
+            *bn_relu(in_channels),
+            nn.Conv2d(in_channels, mid_channels, 1, bias=False),
+            *bn_relu(mid_channels),
+            nn.Conv2d(
+                mid_channels,
+                mid_channels,
+                3,
+                stride=stride,
+                padding=dilation,
+                dilation=dilation,
+                bias=False,
+            ),
+            *bn_relu(mid_channels),
+            nn.Conv2d(mid_channels, out_channels, 1, bias=False),
+        )
+        if reduce_channels:
+            if in_channels % out_channels or stride != 1:
+                raise ValueError(
+                    f"channel reduction needs in_channels ({in_channels}) to be a multiple of "
+                    f"out_channels ({out_channels}) and stride 1"
+                )
+            k = in_channels // out_channels
+            self.shortcut = ChannelReduction(k) if k > 1 else nn.Identity()
+        elif in_channels != out_channels or stride > 1:
+            self.shortcut = nn.Sequential(
+                *bn_relu(in_channels),
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+            )
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.residual(x) + self.shortcut(x)
+
+
+def residual_units(
+    in_channels: int,
+    out_channels: int,
+    num_units: int,
+    dilation: int = 1,
+    reduce_channels: bool = False,
+) -> nn.Sequential:
+    """``num_units`` bottlenecks: the first maps in -> out, the rest keep ``out_channels``."""
+    first = Bottleneck(
+        in_channels, out_channels, dilation=dilation, reduce_channels=reduce_channels
+    )
+    rest = (Bottleneck(out_channels, out_channels, dilation=dilation) for _ in range(num_units - 1))
+    return nn.Sequential(first, *rest)
+
+
+def transfer_block(channels: int, num_units: int) -> nn.Sequential:
+    """Refines a feature of another part of the fish before it is concatenated (channels kept)."""
+    return nn.Sequential(*(Bottleneck(channels, channels) for _ in range(num_units)))
+
+
+class TailStage(nn.Module):
+    """Tail (down-sampling) stage: residual units, then a 2x2 max-pool."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_units: int) -> None:
+        super().__init__()
+        self.units = residual_units(in_channels, out_channels, num_units)
+        self.downsample = nn.MaxPool2d(2, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.downsample(self.units(x))
+
+
+class Bridge(nn.Module):
+    """Between tail and body: a score map gated by a squeeze-and-excitation attention.
+
+    ``out = R(score) * att + att``, where ``score`` widens the last tail feature to 2C,
+    ``att`` is the SE gate computed from ``score`` and R is ``num_units`` residual units
+    2C -> C. Resolution is unchanged.
+    """
+
+    def __init__(self, channels: int, num_units: int) -> None:
+        super().__init__()
+        if channels % 16:
+            raise ValueError(f"bridge channels must be a multiple of 16, got {channels}")
+        self.score = nn.Sequential(
+            *bn_relu(channels),
+            nn.Conv2d(channels, channels // 2, 1, bias=False),
+            *bn_relu(channels // 2),
+            nn.Conv2d(channels // 2, 2 * channels, 1, bias=True),
+        )
+        self.gate = nn.Sequential(
+            *bn_relu(2 * channels),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(2 * channels, channels // 16, 1, bias=True),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels // 16, channels, 1, bias=True),
+            nn.Sigmoid(),
+        )
+        self.units = residual_units(2 * channels, channels, num_units)
+
+    def forward(self, x: Tensor) -> Tensor:
+        score = self.score(x)
+        attention = self.gate(score)
+        return self.units(score) * attention + attention
+
+
+class UpRefine(nn.Module):
+    """UR block (body stage): refine, reduce channels by k, 2x nearest up-sampling.
+
+    The trunk's first unit uses the channel reduction r(x) as its shortcut; all its
+    units use dilation so the receptive field grows while the resolution rises. The
+    transfer branch refines the tail (or bridge) feature of the output resolution, and
+    the two are concatenated.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_units: int,
+        transfer_channels: int,
+        num_transfer_units: int,
+        dilation: int,
+    ) -> None:
+        super().__init__()
+        self.units = residual_units(
+            in_channels, out_channels, num_units, dilation=dilation, reduce_channels=True
+        )
+        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
+        self.transfer = transfer_block(transfer_channels, num_transfer_units)
+
+    def forward(self, x: Tensor, lateral: Tensor) -> Tensor:
+        return torch.cat([self.upsample(self.units(x)), self.transfer(lateral)], dim=1)
+
+
+class DownRefine(nn.Module):
+    """DR block (head stage): refine, 2x2 max-pool, concatenate a refined body feature."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_units: int,
+        transfer_channels: int,
+        num_transfer_units: int,
+    ) -> None:
+        super().__init__()
+        self.units = residual_units(in_channels, out_channels, num_units)
+        self.downsample = nn.MaxPool2d(2, stride=2)
+        self.transfer = transfer_block(transfer_channels, num_transfer_units)
+
+    def forward(self, x: Tensor, lateral: Tensor) -> Tensor:
+        return torch.cat([self.downsample(self.units(x)), self.transfer(lateral)], dim=1)
+
+
+class ClassifierHead(nn.Module):
+    """BN-ReLU-conv1x1 (C -> C/2)-BN-ReLU, global average pool, conv1x1 to the classes."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.neck = nn.Sequential(
+            *bn_relu(in_channels),
+            nn.Conv2d(in_channels, in_channels // 2, 1, bias=False),
+            *bn_relu(in_channels // 2),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Conv2d(in_channels // 2, num_classes, 1, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.pool(self.neck(x))).flatten(1)
+
+
+def init_weights(model: nn.Module) -> None:
+    """The initialisation of the authors' release: He normal by fan-out, BN at identity."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.01)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)

@@ -1,0 +1,180 @@
+"""FishNet: a Tail-Body-Head backbone that keeps features of every resolution to the end.
+
+Sun, Pang, Shi, Yi, Ouyang, "FishNet: A Versatile Backbone for Image, Region, and Pixel
+Level Prediction", NeurIPS 2018. With ``width=1`` the models below have exactly the
+parameter counts of the authors' release (16,628,904 for FishNet-99 with the ImageNet
+stem and 1000 classes).
+
+Feature indices follow the paper's code: ``feat[0]`` is the stem output and
+``feat[i + 1]`` the output of stage ``i``; stages run tail, bridge, body, head.
+"""
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from .blocks import Bridge, ClassifierHead, DownRefine, TailStage, UpRefine, init_weights, make_stem
+
+
+@dataclass(frozen=True)
+class FishConfig:
+    planes: tuple[int, ...]
+    """Output channels of the stem, then of every stage's trunk (tail, bridge, body, head)."""
+    units: tuple[int, ...]
+    """Residual units of every stage's trunk."""
+    transfer_units: tuple[int, ...]
+    """Residual units of the transfer branch of every body and head stage."""
+    transfer_sources: tuple[int, ...]
+    """For every body and head stage, the feature index its transfer branch refines."""
+
+    @property
+    def num_tail(self) -> int:
+        return len(self.units) - 1 - len(self.transfer_units)
+
+
+PLANES = (64, 128, 256, 512, 512, 512, 384, 256, 320, 832, 1600)
+TRANSFER_SOURCES = (2, 1, 0, 6, 5, 4)
+CONFIGS = {
+    "fishnet99": FishConfig(
+        PLANES,
+        units=(2, 2, 6, 2, 1, 1, 1, 1, 2, 2),
+        transfer_units=(1, 1, 1, 1, 1, 4),
+        transfer_sources=TRANSFER_SOURCES,
+    ),
+    "fishnet150": FishConfig(
+        PLANES,
+        units=(2, 4, 8, 4, 2, 2, 2, 2, 2, 4),
+        transfer_units=(2, 2, 2, 2, 2, 4),
+        transfer_sources=TRANSFER_SOURCES,
+    ),
+    "fishnet201": FishConfig(
+        PLANES,
+        units=(3, 4, 12, 4, 2, 2, 2, 2, 3, 10),
+        transfer_units=(2, 2, 2, 2, 2, 9),
+        transfer_sources=TRANSFER_SOURCES,
+    ),
+}
+
+
+class FishNet(nn.Module):
+    """FishNet assembled from a :class:`FishConfig`.
+
+    ``forward_features`` returns the map of every stage, keyed ``stem``, ``tail1``..,
+    ``bridge``, ``body1``.., ``head1``..; ``feature_info`` gives each one's channels
+    and its down-sampling factor relative to the input, so the network serves as a
+    backbone for detection or segmentation. ``forward_head`` maps those features to
+    logits.
+    """
+
+    def __init__(self, config: FishConfig, num_classes: int = 10, stem: str = "cifar") -> None:
+        super().__init__()
+        planes, units = config.planes, config.units
+        num_tail = config.num_tail
+        # Each body stage doubles the resolution a tail stage halved, back to the stem's.
+        num_body = num_tail
+        num_head = len(config.transfer_units) - num_body
+        if len(planes) != len(units) + 1 or num_tail < 1 or num_head < 1:
+            raise ValueError(f"inconsistent FishNet config: {config}")
+
+        self.transfer_sources = config.transfer_sources
+        self.stem = make_stem(stem, planes[0])
+        channels = [planes[0]]
+        reduction = [4 if stem == "imagenet" else 1]
+        names = ["stem"]
+
+        self.tail = nn.ModuleList()
+        for i in range(num_tail):
+            self.tail.append(TailStage(channels[-1], planes[i + 1], units[i]))
+            channels.append(planes[i + 1])
+            reduction.append(reduction[-1] * 2)
+            names.append(f"tail{i + 1}")
+
+        if planes[num_tail + 1] != channels[-1]:
+            raise ValueError("the bridge must keep the channels of the last tail stage")
+        self.bridge = Bridge(channels[-1], units[num_tail])
+        channels.append(channels[-1])
+        reduction.append(reduction[-1])
+        names.append("bridge")
+
+        self.body = nn.ModuleList()
+        self.head = nn.ModuleList()
+        for j, (source, num_transfer) in enumerate(
+            zip(config.transfer_sources, config.transfer_units, strict=True)
+        ):
+            stage = num_tail + 1 + j
+            in_channels, out_channels = channels[-1], planes[stage + 1]
+            if j < num_body:
+                block = UpRefine(
+                    in_channels,
+                    out_channels,
+                    units[stage],
+                    channels[source],
+                    num_transfer,
+                    dilation=2**j,
+                )
+                self.body.append(block)
+                reduction.append(reduction[-1] // 2)
+                names.append(f"body{j + 1}")
+            else:
+                block = DownRefine(
+                    in_channels, out_channels, units[stage], channels[source], num_transfer
+                )
+                self.head.append(block)
+                reduction.append(reduction[-1] * 2)
+                names.append(f"head{j - num_body + 1}")
+            if reduction[source] != reduction[-1]:
+                raise ValueError(f"stage {stage} concatenates a feature of another resolution")
+            channels.append(out_channels + channels[source])
+
+        self.classifier = ClassifierHead(channels[-1], num_classes)
+        self.feature_info = [
+            {"name": n, "channels": c, "reduction": r}
+            for n, c, r in zip(names, channels, reduction, strict=True)
+        ]
+        init_weights(self)
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        feats = [self.stem(x)]
+        for stage in self.tail:
+            feats.append(stage(feats[-1]))
+        feats.append(self.bridge(feats[-1]))
+        for stage, source in zip([*self.body, *self.head], self.transfer_sources, strict=True):
+            feats.append(stage(feats[-1], feats[source]))
+        return {info["name"]: feat for info, feat in zip(self.feature_info, feats, strict=True)}
+
+    def forward_head(self, features: dict[str, Tensor]) -> Tensor:
+        return self.classifier(features[self.feature_info[-1]["name"]])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def scale_channels(channels: int, width: float) -> int:
+    """Channels of a width-scaled model; multiples of 1/16 keep every count whole and valid."""
+    if width <= 0 or (width * 16) % 1:
+        raise ValueError(f"width must be a positive multiple of 1/16 (0.0625), got {width}")
+    return round(channels * width)
+
+
+def _fishnet(name: str, num_classes: int, stem: str, width: float) -> FishNet:
+    config = CONFIGS[name]
+    if width != 1:
+        config = FishConfig(
+            tuple(scale_channels(p, width) for p in config.planes),
+            config.units,
+            config.transfer_units,
+            config.transfer_sources,
+        )
+    return FishNet(config, num_classes=num_classes, stem=stem)
+
+
+def fishnet99(num_classes: int = 10, stem: str = "cifar", width: float = 1.0) -> FishNet:
+    return _fishnet("fishnet99", num_classes, stem, width)
+
+
+def fishnet150(num_classes: int = 10, stem: str = "cifar", width: float = 1.0) -> FishNet:
+    return _fishnet("fishnet150", num_classes, stem, width)
+
+
+def fishnet201(num_classes: int = 10, stem: str = "cifar", width: float = 1.0) -> FishNet:
+    return _fishnet("fishnet201", num_classes, stem, width)

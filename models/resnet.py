@@ -1,0 +1,77 @@
+"""Pre-activation bottleneck ResNet (He et al., ECCV 2016), the baseline FishNet is compared with.
+
+It is built from the same :class:`~models.blocks.Bottleneck` unit and stem as FishNet, so
+the two differ only in how stages are wired: a ResNet down-samples with strided
+convolutions and never returns to a higher resolution.
+"""
+
+from torch import Tensor, nn
+
+from .blocks import Bottleneck, bn_relu, init_weights, make_stem
+from .fishnet import scale_channels
+
+PLANES = (64, 256, 512, 1024, 2048)
+
+
+class PreActResNet(nn.Module):
+    """``forward_features`` returns the map of every stage, keyed ``stem``, ``stage1``.."""
+
+    def __init__(
+        self,
+        units: tuple[int, ...],
+        planes: tuple[int, ...] = PLANES,
+        num_classes: int = 10,
+        stem: str = "cifar",
+    ) -> None:
+        super().__init__()
+        if len(planes) != len(units) + 1:
+            raise ValueError("planes must list the stem and every stage")
+        self.stem = make_stem(stem, planes[0])
+        self.stages = nn.ModuleList()
+        reduction = 4 if stem == "imagenet" else 1
+        self.feature_info = [{"name": "stem", "channels": planes[0], "reduction": reduction}]
+        for i, num_units in enumerate(units):
+            stride = 1 if i == 0 else 2
+            in_channels, out_channels = planes[i], planes[i + 1]
+            self.stages.append(
+                nn.Sequential(
+                    Bottleneck(in_channels, out_channels, stride=stride),
+                    *(Bottleneck(out_channels, out_channels) for _ in range(num_units - 1)),
+                )
+            )
+            reduction *= stride
+            self.feature_info.append(
+                {"name": f"stage{i + 1}", "channels": out_channels, "reduction": reduction}
+            )
+        self.classifier = nn.Sequential(
+            *bn_relu(planes[-1]),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(planes[-1], num_classes),
+        )
+        init_weights(self)
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        feats = [self.stem(x)]
+        for stage in self.stages:
+            feats.append(stage(feats[-1]))
+        return {info["name"]: feat for info, feat in zip(self.feature_info, feats, strict=True)}
+
+    def forward_head(self, features: dict[str, Tensor]) -> Tensor:
+        return self.classifier(features[self.feature_info[-1]["name"]])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _resnet(units: tuple[int, ...], num_classes: int, stem: str, width: float) -> PreActResNet:
+    planes = tuple(scale_channels(p, width) for p in PLANES)
+    return PreActResNet(units, planes, num_classes=num_classes, stem=stem)
+
+
+def resnet50(num_classes: int = 10, stem: str = "cifar", width: float = 1.0) -> PreActResNet:
+    return _resnet((3, 4, 6, 3), num_classes, stem, width)
+
+
+def resnet101(num_classes: int = 10, stem: str = "cifar", width: float = 1.0) -> PreActResNet:
+    return _resnet((3, 4, 23, 3), num_classes, stem, width)

@@ -1,0 +1,196 @@
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from models import MODELS, build_model, count_macs, count_parameters, model_names
+from models.blocks import Bottleneck, Bridge, ChannelReduction
+from models.fishnet import FishNet
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The published models' parameter counts and MACs (docs: fishnet-architecture.md).
+PUBLISHED = [
+    ("fishnet99", "imagenet", 1000, 16_628_904, 4263.7e6),
+    ("fishnet150", "imagenet", 1000, 24_959_400, 6397.8e6),
+    ("fishnet201", "imagenet", 1000, 44_584_552, 10514.4e6),
+    ("fishnet99", "cifar", 10, 15_582_474, 1304.3e6),
+    ("fishnet150", "cifar", 10, 23_912_970, 2001.2e6),
+    ("fishnet201", "cifar", 10, 43_538_122, 3345.4e6),
+    ("fishnet99", "cifar", 100, 15_677_604, 1304.4e6),
+]
+
+
+def meta_model(name, **kwargs):
+    with torch.device("meta"):
+        return build_model(name, **kwargs)
+
+
+@pytest.mark.parametrize(("name", "stem", "num_classes", "params", "macs"), PUBLISHED)
+def test_published_parameter_count_and_macs(name, stem, num_classes, params, macs):
+    model = meta_model(name, stem=stem, num_classes=num_classes)
+    assert count_parameters(model) == params
+    image_size = 224 if stem == "imagenet" else 32
+    assert count_macs(model, image_size) == pytest.approx(macs, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("stem", "size", "expected"),
+    [
+        ("cifar", 32, [32, 16, 8, 4, 4, 8, 16, 32, 16, 8, 4]),
+        ("imagenet", 224, [56, 28, 14, 7, 7, 14, 28, 56, 28, 14, 7]),
+    ],
+)
+def test_stage_resolutions(stem, size, expected):
+    model = meta_model("fishnet99", stem=stem, num_classes=10)
+    features = model.forward_features(torch.empty(2, 3, size, size, device="meta"))
+    names = ["stem", "tail1", "tail2", "tail3", "bridge", "body1", "body2", "body3"]
+    assert list(features) == [*names, "head1", "head2", "head3"]
+    assert [f.shape[-1] for f in features.values()] == expected
+    for info, feat in zip(model.feature_info, features.values(), strict=True):
+        assert feat.shape[:2] == (2, info["channels"])
+        assert feat.shape[-1] == size // info["reduction"]
+    assert [f.shape[1] for f in features.values()][5:] == [768, 512, 320, 832, 1600, 2112]
+    assert model.forward_head(features).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_forward_is_head_of_features(name):
+    torch.manual_seed(0)
+    model = build_model(name, width=0.25).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (2, 10)
+        torch.testing.assert_close(model.forward_head(model.forward_features(x)), logits)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = build_model(name, width=0.25)
+    loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.arange(4))
+    loss.backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not dead
+
+
+def test_full_width_fishnet99_trains_a_step():
+    torch.manual_seed(0)
+    model = build_model("fishnet99")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    before = model.stem[0][0].weight.detach().clone()
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    optimizer.step()
+    assert not torch.equal(before, model.stem[0][0].weight)
+
+
+def test_width_scales_channels_and_rejects_invalid_widths():
+    small = build_model("fishnet99", width=0.25)
+    assert [i["channels"] for i in small.feature_info] == [
+        16, 32, 64, 128, 128, 192, 128, 80, 208, 400, 528,
+    ]  # fmt: skip
+    assert count_parameters(small) < count_parameters(build_model("fishnet99")) / 10
+    for width in (0, -1, 0.3):
+        with pytest.raises(ValueError, match="multiple of 1/16"):
+            build_model("fishnet99", width=width)
+
+
+def test_channels_last_and_bf16_autocast():
+    torch.manual_seed(0)
+    model = build_model("fishnet99", width=0.25).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+        model_cl = model.to(memory_format=torch.channels_last)
+        output = model_cl(x.to(memory_format=torch.channels_last))
+        torch.testing.assert_close(output, reference, rtol=1e-4, atol=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model_cl(x.to(memory_format=torch.channels_last))
+    assert low.shape == reference.shape
+    assert low.dtype == torch.bfloat16
+    assert torch.isfinite(low).all()
+
+
+def test_compiles_as_one_graph():
+    model = build_model("fishnet99", width=0.25)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 3, 32, 32)
+    compiled(x).sum().backward()
+    torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown model 'fishnet42'") as info:
+        build_model("fishnet42")
+    for name in MODELS:
+        assert name in str(info.value)
+
+
+def test_unknown_stem():
+    with pytest.raises(ValueError, match="stem must be"):
+        build_model("fishnet99", stem="mnist")
+
+
+def test_channel_reduction_sums_adjacent_groups():
+    x = torch.arange(2 * 6 * 1 * 1, dtype=torch.float32).reshape(2, 6, 1, 1)
+    y = ChannelReduction(k=3)(x)
+    assert y.flatten().tolist() == [0 + 1 + 2, 3 + 4 + 5, 6 + 7 + 8, 9 + 10 + 11]
+
+
+def test_bottleneck_shortcut_cases():
+    up = Bottleneck(768, 384, reduce_channels=True, dilation=2)
+    assert isinstance(up.shortcut, ChannelReduction) and up.shortcut.k == 2
+    assert up.residual[5].dilation == (2, 2)
+    assert isinstance(Bottleneck(512, 512, reduce_channels=True).shortcut, nn.Identity)
+    projection = Bottleneck(256, 512)
+    assert sum(p.numel() for p in projection.shortcut.parameters()) == 2 * 256 + 256 * 512
+    assert isinstance(Bottleneck(512, 512).shortcut, nn.Identity)
+    assert Bottleneck(256, 512, stride=2)(torch.randn(1, 256, 8, 8)).shape == (1, 512, 4, 4)
+    with pytest.raises(ValueError, match="multiple of out_channels"):
+        Bottleneck(512, 384, reduce_channels=True)
+
+
+def test_bridge_gates_its_refined_score():
+    torch.manual_seed(0)
+    bridge = Bridge(64, num_units=1).eval()
+    x = torch.randn(2, 64, 4, 4)
+    with torch.no_grad():
+        score = bridge.score(x)
+        attention = bridge.gate(score)
+        assert attention.shape == (2, 64, 1, 1)
+        assert ((attention > 0) & (attention < 1)).all()
+        torch.testing.assert_close(bridge(x), bridge.units(score) * attention + attention)
+
+
+def test_initialisation_follows_the_release():
+    torch.manual_seed(0)
+    model = build_model("fishnet99")
+    conv = model.tail[2].units[0].residual[2]  # 1x1, 256 -> 128 channels
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / conv.out_channels), rel=0.05)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            assert torch.all(module.weight == 1) and torch.all(module.bias == 0)
+
+
+def test_fishnet_rejects_inconsistent_config():
+    from models.fishnet import CONFIGS, FishConfig
+
+    base = CONFIGS["fishnet99"]
+    with pytest.raises(ValueError, match="another resolution"):
+        FishNet(FishConfig(base.planes, base.units, base.transfer_units, (1, 1, 0, 6, 5, 4)))
+
+
+def test_models_table_cli():
+    result = subprocess.run(
+        [sys.executable, "-m", "models"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert "| fishnet99 | 15,582,474 | 1304.3 M | 16,628,904 | 4263.7 M |" in result.stdout
+    for name in MODELS:
+        assert f"| {name} |" in result.stdout
