@@ -1,0 +1,511 @@
+"""Prepare CIFAR-10 as PNG files plus JSON manifests for training and evaluation.
+
+    python data/download_data.py [--source PATH] [--out DIR] [--seed N] [--resize]
+
+Without --source the official python archive is downloaded (MD5 checked) with torchvision.
+--source takes, for machines without internet:
+  - the official cifar-10-python.tar.gz or its extracted cifar-10-batches-py/ folder;
+  - an image-folder tree train/<class>/*.{png,jpg,jpeg} and test/<class>/*, or a .tar/.tar.gz
+    of one (such as ../shared/data/cifar10-jpeg.tar.gz).
+
+The dataset goes into <out>/cifar10/ (<out> defaults to the folder of this script):
+    images/{train,valid,test}/<class>/<index>.png
+    classes.json                class names in label order
+    train_img2labels.json       image path (relative to the manifest) -> label index
+    valid_img2labels.json       a stratified, seeded part of the official training set
+    test_img2labels.json        the official test set
+    prepared.json               what the folder was made from (source, seed), written last
+
+Same source and seed give byte-identical manifests; a run that finds them in place does no work.
+Everything is written into a temporary folder beside the dataset and renamed into place, so an
+interrupted or failed run leaves the previous dataset (or nothing) behind.
+Bad sources end with a one-line error on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, ImageOps
+
+EXIT_BAD_SOURCE = 2
+IMAGE_SIZE = 32
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+STAMP_FILE = "prepared.json"
+CLASSES_FILE = "classes.json"
+SPLITS = ("train", "valid", "test")
+STAMP_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What differs between the CIFAR datasets this script prepares."""
+
+    name: str
+    classes: tuple[str, ...]
+    url: str
+    filename: str
+    md5: str
+    archive_folder: str
+    train_per_class: int
+    valid_per_class: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+CIFAR10 = DatasetSpec(
+    name="cifar10",
+    classes=(
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ),
+    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    filename="cifar-10-python.tar.gz",
+    md5="c58f30108f718f92721af3b95e74349a",
+    archive_folder="cifar-10-batches-py",
+    train_per_class=5000,
+    valid_per_class=1000,
+)
+
+
+class SourceError(Exception):
+    """A source that cannot be turned into the dataset; the message is one line."""
+
+
+# An image to write: (pixels HxWx3 uint8, a file path or the bytes of an encoded image),
+# the name used in error messages, the destination PNG path, whether to resize.
+ImageTask = tuple[np.ndarray | str | bytes, str, str, bool]
+
+
+@dataclass
+class Samples:
+    """The official training and test sets, in source order, before any splitting."""
+
+    train: list[tuple[np.ndarray | str | bytes, str, int]]
+    test: list[tuple[np.ndarray | str | bytes, str, int]]
+
+
+def encode_png(task: ImageTask) -> str | None:
+    """Decode one image, check or fix its size and mode, write it as PNG; return an error."""
+    source, name, destination, resize = task
+    try:
+        if isinstance(source, np.ndarray):
+            image = Image.fromarray(source)
+        else:
+            opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            with opened:
+                image = opened.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        return f"cannot decode image {name}: {one_line(error)}"
+    if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+        if not resize:
+            return (
+                f"image {name} is {image.width}x{image.height}, not {IMAGE_SIZE}x{IMAGE_SIZE} "
+                "(pass --resize to resize such images)"
+            )
+        image = ImageOps.fit(image, (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+    image.save(destination, format="PNG")
+    return None
+
+
+def ignore_interrupts() -> None:
+    # Ctrl-C reaches the whole process group; only the main process reports it and cleans up.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def source_fingerprint(source: Path | None, spec: DatasetSpec) -> str:
+    """Identify a source cheaply: a file by its content, a folder by its listing."""
+    if source is None:
+        return f"download:{spec.url}:md5:{spec.md5}"
+    if source.is_file():
+        return f"file:sha256:{sha256_file(source)}"
+    listing = hashlib.sha256()
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        stat = path.stat()
+        listing.update(f"{path.relative_to(source).as_posix()}\0{stat.st_size}\0".encode())
+        listing.update(f"{stat.st_mtime_ns}\n".encode())
+    return f"folder:{listing.hexdigest()}"
+
+
+def is_prepared(dataset_dir: Path, stamp: dict) -> bool:
+    """Whether dataset_dir was made with this stamp and every file it lists is in place."""
+    try:
+        previous = json.loads((dataset_dir / STAMP_FILE).read_text())
+        if not isinstance(previous, dict) or previous.get("made_with") != stamp:
+            return False
+        for name, digest in previous["sha256"].items():
+            if sha256_file(dataset_dir / name) != digest:
+                return False
+        for split in SPLITS:
+            manifest = json.loads((dataset_dir / f"{split}_img2labels.json").read_text())
+            if not all((dataset_dir / path).is_file() for path in manifest):
+                return False
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return False
+    return True
+
+
+def load_official(folder: Path, spec: DatasetSpec, shown: str) -> Samples:
+    """Read an extracted official archive with torchvision, which checks every file's MD5."""
+    from torchvision.datasets import CIFAR10 as OfficialCIFAR10
+
+    if folder.name == spec.archive_folder:
+        folder = folder.parent
+    try:
+        train = OfficialCIFAR10(str(folder), train=True, download=False)
+        test = OfficialCIFAR10(str(folder), train=False, download=False)
+    except (RuntimeError, OSError, ValueError, KeyError, EOFError) as error:
+        raise SourceError(
+            f"{shown} is not the official {spec.name} python archive "
+            f"({spec.archive_folder}/ is incomplete or fails its MD5 check: {one_line(error)})"
+        ) from None
+    if tuple(train.classes) != spec.classes:
+        raise SourceError(f"{shown}: class names {train.classes} are not those of {spec.name}")
+    return Samples(
+        train=[
+            (pixels, f"training image {index} of {shown}", label)
+            for index, (pixels, label) in enumerate(zip(train.data, train.targets, strict=True))
+        ],
+        test=[
+            (pixels, f"test image {index} of {shown}", label)
+            for index, (pixels, label) in enumerate(zip(test.data, test.targets, strict=True))
+        ],
+    )
+
+
+def visible(path: PurePosixPath) -> bool:
+    return not any(part.startswith(".") for part in path.parts)
+
+
+def image_folder_root(files: dict[PurePosixPath, Path | bytes]) -> PurePosixPath | None:
+    """The folder holding train/ and test/: the top level or a single folder below it."""
+    tops = {path.parts[0] for path in files if len(path.parts) > 1}
+    if tops & {"train", "test"}:
+        return PurePosixPath()
+    if len(tops) == 1:
+        (top,) = tops
+        if any(len(p.parts) > 2 and p.parts[1] in ("train", "test") for p in files):
+            return PurePosixPath(top)
+    return None
+
+
+def load_image_folder(
+    files: dict[PurePosixPath, Path | bytes], spec: DatasetSpec, shown: str
+) -> Samples:
+    root = image_folder_root(files)
+    if root is None:
+        raise SourceError(
+            f"{shown} is not {spec.name}: expected {spec.archive_folder}/ (the official archive) "
+            "or an image folder with train/<class>/ and test/<class>/"
+        )
+    by_split: dict[str, list[tuple[np.ndarray | str | bytes, str, int]]] = {}
+    for split in ("train", "test"):
+        per_class: dict[str, list[tuple[str, Path | bytes]]] = {name: [] for name in spec.classes}
+        for path, content in files.items():
+            relative = path.relative_to(root) if path.is_relative_to(root) else None
+            if relative is None or relative.parts[0] != split:
+                continue
+            name = str(relative)
+            if len(relative.parts) != 3:
+                raise SourceError(f"{shown}: unexpected {name} (expected {split}/<class>/<image>)")
+            if relative.parts[1] not in per_class:
+                raise SourceError(
+                    f"{shown}: unexpected folder {split}/{relative.parts[1]}/ "
+                    f"(not a {spec.name} class)"
+                )
+            if relative.suffix.lower() not in IMAGE_SUFFIXES:
+                raise SourceError(f"{shown}: unexpected file {name} (images are PNG or JPEG)")
+            per_class[relative.parts[1]].append((name, content))
+        if not any(per_class.values()):
+            raise SourceError(f"{shown}: no {split}/ folder (or it holds no images)")
+        for class_name, images in per_class.items():
+            if not images:
+                raise SourceError(f"{shown}: class folder {split}/{class_name}/ missing or empty")
+        by_split[split] = [
+            (str(content) if isinstance(content, Path) else content, f"{name} in {shown}", label)
+            for label, class_name in enumerate(spec.classes)
+            for name, content in sorted(per_class[class_name])
+        ]
+    return Samples(train=by_split["train"], test=by_split["test"])
+
+
+def folder_files(folder: Path) -> dict[PurePosixPath, Path | bytes]:
+    files: dict[PurePosixPath, Path | bytes] = {}
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            path = Path(directory, name)
+            relative = PurePosixPath(path.relative_to(folder).as_posix())
+            if visible(relative):
+                files[relative] = path
+    return files
+
+
+def tar_files(tar: tarfile.TarFile) -> Iterator[tuple[PurePosixPath, bytes]]:
+    """The regular files of a tar, read in one pass (image folders need no extraction)."""
+    for member in tar:
+        relative = PurePosixPath(*(p for p in PurePosixPath(member.name).parts if p != "."))
+        if member.isfile() and relative.parts and visible(relative):
+            stream = tar.extractfile(member)
+            if stream is not None:
+                yield relative, stream.read()
+
+
+def load_source(source: Path, spec: DatasetSpec, shown: str, work_dir: Path) -> Samples:
+    if source.is_dir():
+        if source.name == spec.archive_folder or (source / spec.archive_folder).is_dir():
+            return load_official(source, spec, shown)
+        return load_image_folder(folder_files(source), spec, shown)
+    try:
+        with tarfile.open(source) as tar:
+            files: dict[PurePosixPath, Path | bytes] = {}
+            for relative, content in tar_files(tar):
+                if spec.archive_folder in relative.parts:
+                    return extract_official(source, spec, shown, work_dir)
+                files[relative] = content
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise SourceError(f"{shown} is not a readable tar archive ({one_line(error)})") from None
+    return load_image_folder(files, spec, shown)
+
+
+def extract_official(source: Path, spec: DatasetSpec, shown: str, work_dir: Path) -> Samples:
+    from torchvision.datasets.utils import extract_archive
+
+    extracted = work_dir / "source"
+    try:
+        extract_archive(str(source), str(extracted))
+    except (RuntimeError, tarfile.TarError, OSError, EOFError) as error:
+        raise SourceError(f"{shown}: cannot extract ({one_line(error)})") from None
+    folders = sorted(extracted.rglob(spec.archive_folder))
+    if not folders:
+        raise SourceError(f"{shown} has no {spec.archive_folder}/ folder")
+    return load_official(folders[0], spec, shown)
+
+
+def download_official(spec: DatasetSpec, out: Path, work_dir: Path) -> Samples:
+    from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+
+    downloads = out / "downloads"
+    archive = downloads / spec.filename
+    try:
+        download_and_extract_archive(
+            spec.url, str(downloads), str(work_dir / "source"), spec.filename, spec.md5
+        )
+    except Exception as error:
+        # torchvision writes straight to the final name, so a broken download leaves a part.
+        if archive.exists() and not check_integrity(str(archive), spec.md5):
+            archive.unlink()
+        with contextlib.suppress(OSError):
+            downloads.rmdir()
+        raise SourceError(
+            f"cannot download {spec.url} ({one_line(error)}); without internet, "
+            f"pass --source PATH ({spec.filename}, {spec.archive_folder}/, "
+            "or an image-folder tree or tarball)"
+        ) from None
+    return load_official(work_dir / "source" / spec.archive_folder, spec, spec.url)
+
+
+def split_train_valid(
+    labels: list[int], spec: DatasetSpec, seed: int
+) -> tuple[list[int], list[int]]:
+    """Stratified split: per class, a seeded random part of its images becomes valid.
+
+    A source smaller than the official set (a subset, or synthetic test data) keeps the
+    official valid fraction of every class.
+    """
+    rng = np.random.default_rng(seed)
+    by_class: list[list[int]] = [[] for _ in range(spec.num_classes)]
+    for index, label in enumerate(labels):
+        by_class[label].append(index)
+    valid: list[int] = []
+    for class_name, indices in zip(spec.classes, by_class, strict=True):
+        if len(indices) < 2:
+            raise SourceError(f"class {class_name} has {len(indices)} training image(s), need 2")
+        wanted = round(len(indices) * spec.valid_per_class / spec.train_per_class)
+        count = min(max(wanted, 1), len(indices) - 1)
+        valid.extend(indices[i] for i in rng.permutation(len(indices))[:count])
+    valid_set = set(valid)
+    return [i for i in range(len(labels)) if i not in valid_set], sorted(valid)
+
+
+def write_dataset(
+    samples: Samples, spec: DatasetSpec, seed: int, resize: bool, dataset_dir: Path
+) -> dict[str, dict[str, int]]:
+    """Write every image as PNG and return the manifests (nothing written to them yet)."""
+    train_labels = [label for _, _, label in samples.train]
+    train_indices, valid_indices = split_train_valid(train_labels, spec, seed)
+    parts = {
+        "train": [(i, samples.train[i]) for i in train_indices],
+        "valid": [(i, samples.train[i]) for i in valid_indices],
+        "test": list(enumerate(samples.test)),
+    }
+    width = max(5, len(str(max(len(samples.train), len(samples.test)))))
+    manifests: dict[str, dict[str, int]] = {}
+    tasks: list[ImageTask] = []
+    for split, entries in parts.items():
+        manifests[split] = {}
+        for class_name in spec.classes:
+            (dataset_dir / "images" / split / class_name).mkdir(parents=True)
+        for index, (source, name, label) in entries:
+            relative = f"images/{split}/{spec.classes[label]}/{index:0{width}d}.png"
+            manifests[split][relative] = label
+            tasks.append((source, name, str(dataset_dir / relative), resize))
+    processes = min(os.cpu_count() or 1, max(1, len(tasks) // 2000))
+    chunksize = max(1, len(tasks) // (processes * 8))
+    with multiprocessing.Pool(processes, initializer=ignore_interrupts) as pool:
+        for error in pool.imap(encode_png, tasks, chunksize=chunksize):
+            if error is not None:
+                raise SourceError(error)
+    return manifests
+
+
+def write_json(path: Path, value: object) -> None:
+    path.write_text(json.dumps(value, indent=0) + "\n")
+
+
+def prepare(
+    spec: DatasetSpec, source: Path | None, out: Path, seed: int, resize: bool
+) -> Path | None:
+    """Make <out>/<name>/ from source; None when it was already in place."""
+    shown = str(source) if source is not None else spec.url
+    if source is not None and not source.exists():
+        raise SourceError(f"source not found: {source}")
+    dataset_dir = out / spec.name
+    stamp = {
+        "format": STAMP_FORMAT,
+        "dataset": spec.name,
+        "source": source_fingerprint(source, spec),
+        "seed": seed,
+        "resize": resize,
+    }
+    if is_prepared(dataset_dir, stamp):
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    # Leftovers of runs that were killed before they could clean up after themselves.
+    for leftover in out.glob(f".{spec.name}.partial-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{spec.name}.partial-", dir=out))
+    try:
+        print(f"reading {shown}", flush=True)
+        if source is None:
+            samples = download_official(spec, out, work_dir)
+        else:
+            samples = load_source(source, spec, shown, work_dir)
+        total = len(samples.train) + len(samples.test)
+        print(f"writing {total:,} PNG images", flush=True)
+        new_dir = work_dir / spec.name
+        manifests = write_dataset(samples, spec, seed, resize, new_dir)
+        write_json(new_dir / CLASSES_FILE, list(spec.classes))
+        written = [CLASSES_FILE]
+        for split, manifest in manifests.items():
+            write_json(new_dir / f"{split}_img2labels.json", manifest)
+            written.append(f"{split}_img2labels.json")
+        sha256 = {name: sha256_file(new_dir / name) for name in written}
+        write_json(new_dir / STAMP_FILE, {"made_with": stamp, "from": shown, "sha256": sha256})
+        if dataset_dir.exists():
+            dataset_dir.rename(work_dir / "previous")
+        new_dir.rename(dataset_dir)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return dataset_dir
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Prepare CIFAR-10 as PNG images and train/valid/test JSON manifests."
+    )
+    parser.add_argument(
+        "--source",
+        type=Path,
+        help="a local copy instead of downloading: cifar-10-python.tar.gz, cifar-10-batches-py/, "
+        "or an image-folder tree train/<class>/*, test/<class>/* (PNG or JPEG) or a tarball of one",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent,
+        help="folder that receives the dataset folder cifar10/ (default: this script's folder)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the train/valid split (default: 0)"
+    )
+    parser.add_argument(
+        "--resize",
+        action="store_true",
+        help="resize images that are not 32x32 (shorter side to 32, then centre crop) "
+        "instead of stopping with an error",
+    )
+    args = parser.parse_args(argv)
+    if args.seed < 0:
+        parser.error("--seed must be non-negative")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    spec = CIFAR10
+    started = time.perf_counter()
+    try:
+        dataset_dir = prepare(spec, args.source, args.out, args.seed, args.resize)
+    except SourceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_SOURCE
+    except OSError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was changed", file=sys.stderr)
+        return 130
+    if dataset_dir is None:
+        print(
+            f"{args.out / spec.name} is already prepared from this source with seed {args.seed}: "
+            "nothing to do"
+        )
+        return 0
+    counts = ", ".join(
+        f"{len(json.loads((dataset_dir / f'{split}_img2labels.json').read_text())):,} {split}"
+        for split in SPLITS
+    )
+    print(f"prepared {dataset_dir}: {counts} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Fixtures shared by all test files.
+
+Data for tests comes in two sizes:
+
+- `cifar10_dir` (session): the real CIFAR-10 (the JPEG q75 copy at ../shared/data/, see
+  SHARED_TARBALL) prepared once per session by data/download_data.py into a temporary folder;
+  the value is the dataset folder (manifests, classes.json, images/). Tests that use it are
+  skipped when the tarball is absent; mark them `@pytest.mark.real_data`.
+- synthetic data, fast enough for any test: `make_synthetic_source(...)` writes a small
+  image-folder source (random 32x32 PNGs for the 10 CIFAR-10 classes) and
+  `synthetic_cifar10_dir` (session) is such a source prepared by data/download_data.py
+  (80 train, 20 valid, 40 test images). Do not modify the session datasets; copy them first.
+
+`run_download_data(*args)` runs data/download_data.py in a subprocess and returns the
+subprocess.CompletedProcess (text stdout and stderr).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_TARBALL = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg.tar.gz"
+DOWNLOAD_SCRIPT = REPO_ROOT / "data" / "download_data.py"
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+def run_download_data(
+    *args: str | Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(DOWNLOAD_SCRIPT), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=600,
+    )
+
+
+def write_synthetic_source(
+    root: Path,
+    train_per_class: int = 10,
+    test_per_class: int = 4,
+    classes: tuple[str, ...] = CIFAR10_CLASSES,
+    seed: int = 0,
+) -> Path:
+    """An image-folder source root/{train,test}/<class>/NNNN.png of random 32x32 RGB images."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for class_name in classes:
+            folder = root / split / class_name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index:04d}.png")
+    return root
+
+
+@pytest.fixture
+def make_synthetic_source(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """A factory: make_synthetic_source(train_per_class=10, test_per_class=4, seed=0) -> a new
+    image-folder source in its own temporary folder."""
+
+    def make(**options) -> Path:
+        return write_synthetic_source(tmp_path_factory.mktemp("synthetic-source"), **options)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def synthetic_cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    source = write_synthetic_source(tmp_path_factory.mktemp("synthetic-source"))
+    out = tmp_path_factory.mktemp("synthetic-data")
+    result = run_download_data("--source", source, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out / "cifar10"
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not SHARED_TARBALL.is_file():
+        pytest.skip(f"real CIFAR-10 tarball not found at {SHARED_TARBALL}")
+    out = tmp_path_factory.mktemp("cifar10-real")
+    result = run_download_data("--source", SHARED_TARBALL, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out / "cifar10"
