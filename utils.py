@@ -4,9 +4,11 @@ import argparse
 import csv
 import json
 import os
+import pickle
 import random
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
@@ -33,11 +35,15 @@ class UserError(Exception):
 
 def run_cli(main: Callable[[], object]) -> None:
     """Runs a command-line entry point, turning user errors into one line and exit status 2."""
+    program = Path(sys.argv[0]).name
     try:
         main()
     except (UserError, DataError) as error:
-        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        print(f"{program}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def positive_int(text: str) -> int:
@@ -174,10 +180,18 @@ def load_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols of foreign files
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower():
+            raise UserError(f"{path}: not a readable checkpoint ({first_line(error)})") from None
+        raise UserError(
+            f"{path}: holds objects other than tensors and plain containers; "
+            "refusing to load it, since unpickling them could run code"
+        ) from None
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path}: not a readable checkpoint ({reason})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({first_line(error)})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not a checkpoint of this repository")
     if checkpoint.get("version") != CHECKPOINT_VERSION:
@@ -188,14 +202,20 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
+def first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:160] if text else type(error).__name__
+
+
 def model_from_checkpoint(checkpoint: dict, path: Path) -> nn.Module:
     spec = checkpoint["model"]
     try:
         model = build_model(spec["name"], **spec["kwargs"])
         model.load_state_dict(checkpoint["state_dict"])
     except (ValueError, RuntimeError, TypeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise UserError(f"{path}: the weights do not fit {spec['name']} ({first_line})") from None
+        raise UserError(
+            f"{path}: the weights do not fit {spec['name']} ({first_line(error)})"
+        ) from None
     return model
 
 

@@ -367,6 +367,10 @@ class DeviceLoader:
     With world_size > 1 every global batch of world_size * batch_size samples is split among
     the ranks, so the ranks see disjoint parts covering the epoch once, in the same number of
     batches. Iteration never waits for the device.
+
+    `state_dict()` taken between batches (the epoch, the batches already yielded and the
+    augmentation generator) and `load_state_dict()` let an interrupted epoch continue with
+    exactly the batches it would have had.
     """
 
     def __init__(
@@ -410,6 +414,9 @@ class DeviceLoader:
         self.world_size = world_size
         self.channels_last = channels_last
         self.epoch = 0
+        self.step = 0
+        self._augment_generator: torch.Generator | None = None
+        self._resume: dict | None = None
         self._bounds = _step_bounds(len(images), batch_size * world_size, world_size)
         # tensor_split gives the first (n % world_size) ranks one sample more.
         self.num_samples = sum(
@@ -419,6 +426,22 @@ class DeviceLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.step = 0
+        self._resume = None
+
+    def state_dict(self) -> dict:
+        generator = self._augment_generator
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "augment_rng": generator.get_state() if generator is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """The next iteration continues the epoch at `state["step"]`."""
+        self.epoch = state["epoch"]
+        self.step = state["step"]
+        self._resume = state
 
     def __len__(self) -> int:
         return len(self._bounds)
@@ -443,9 +466,15 @@ class DeviceLoader:
                 count, generator=self._generator(SHUFFLE_STREAM), device=self.device
             )
             augment_generator = self._generator(AUGMENT_STREAM, self.rank)
+            if self._resume and self._resume["augment_rng"] is not None:
+                augment_generator.set_state(self._resume["augment_rng"])
+            self._augment_generator = augment_generator
         else:
             order = torch.arange(count, device=self.device)
-        for start, stop in self._bounds:
+        first = self._resume["step"] if self._resume else 0
+        self._resume = None
+        for step in range(first, len(self._bounds)):
+            start, stop = self._bounds[step]
             indices = torch.tensor_split(order[start:stop], self.world_size)[self.rank]
             images = self.images[indices]
             if self.train:
@@ -454,4 +483,5 @@ class DeviceLoader:
                 images = normalize(images, self._mean, self._std)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
+            self.step = step + 1
             yield images, self.labels[indices]

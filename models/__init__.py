@@ -3,7 +3,7 @@
 from torch import nn
 
 from .complexity import count_macs, count_parameters
-from .fishnet import FishNet, fishnet99, fishnet150, fishnet201
+from .fishnet import FishNet, check_width, fishnet99, fishnet150, fishnet201
 from .resnet import PreActResNet, resnet50, resnet101
 
 MODELS = {f.__name__: f for f in (fishnet99, fishnet150, fishnet201, resnet50, resnet101)}
@@ -25,6 +25,7 @@ __all__ = [
     "FishNet",
     "PreActResNet",
     "build_model",
+    "check_width",
     "count_macs",
     "count_parameters",
     "model_names",

@@ -149,10 +149,14 @@ class FishNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def scale_channels(channels: int, width: float) -> int:
-    """Channels of a width-scaled model; multiples of 1/16 keep every count whole and valid."""
-    if width <= 0 or (width * 16) % 1:
+def check_width(width: float) -> None:
+    """Multiples of 1/16 keep every channel count whole and valid (bottleneck, r(x), SE)."""
+    if not width > 0 or (width * 16) % 1:
         raise ValueError(f"width must be a positive multiple of 1/16 (0.0625), got {width}")
+
+
+def scale_channels(channels: int, width: float) -> int:
+    check_width(width)
     return round(channels * width)
 
 

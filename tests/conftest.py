@@ -56,6 +56,28 @@ def run_download_data(
     )
 
 
+# A model and batch small enough for a CPU test to train in seconds.
+SMALL = ["--model", "fishnet99", "--width", "0.25", "--batch-size", "32", "--device", "cpu"]
+
+
+def run_script(script: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Runs one of the repository's scripts (train.py, eval.py, ...) as a user would."""
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=REPO_ROOT,
+    )
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    """A run's history less the fields that measure time, which no two runs share."""
+    timing = {"images_per_sec", "epoch_time", "elapsed"}
+    return [{k: v for k, v in row.items() if k not in timing} for row in history]
+
+
 def write_synthetic_source(
     root: Path,
     train_per_class: int = 10,

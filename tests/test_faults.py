@@ -1,0 +1,223 @@
+"""What happens when things go wrong: interruptions, faults and bad input.
+
+Every case ends with a clear message and a non-zero exit, never a traceback, and no run
+loses more than the step it was in.
+"""
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import REPO_ROOT, SMALL, run_download_data, run_script, without_timing
+
+import train
+import utils
+
+
+def one_line_error(result: subprocess.CompletedProcess, *phrases: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    # Progress bars may stand before it; the error itself is one line.
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1, result.stderr
+    for phrase in phrases:
+        assert phrase in errors[0], errors[0]
+
+
+@pytest.fixture
+def trained_run(synthetic_cifar10_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run_script(
+        "train.py", "--data", synthetic_cifar10_dir, "--out", out, *SMALL, "--epochs", "1"
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_and_resume_matches(synthetic_cifar10_dir, tmp_path, signum):
+    recipe = [*SMALL, "--batch-size", "4", "--epochs", "3", "--deterministic", "--seed", "1"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    args = ["--data", synthetic_cifar10_dir, *recipe]
+    assert run_script("train.py", "--out", straight, *args).returncode == 0
+
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "train.py"), "--out", str(stopped), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    # The run prints its plan once the data and model are ready; stop it a moment later.
+    assert "steps per epoch" in process.stdout.readline() + process.stdout.readline()
+    time.sleep(1.5)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr
+    assert "Resume with:" in stderr and "--resume" in stderr
+    interrupted = torch.load(stopped / "last.pt", weights_only=True)
+    assert interrupted["epoch"] < 3
+
+    resumed = run_script("train.py", "--out", stopped, *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(straight / "last.pt", weights_only=True)
+    b = torch.load(stopped / "last.pt", weights_only=True)
+    for key, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][key]), key
+    assert without_timing(a["history"]) == without_timing(b["history"])
+
+
+def test_kill_between_write_and_rename_keeps_the_old_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    utils.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, path)
+    writer = (
+        "import os, sys, torch, utils\n"
+        "os.replace = lambda *a: os._exit(9)  # killed after the write, before the rename\n"
+        "utils.save_checkpoint({'epoch': 2, 'state_dict': {'w': torch.zeros(3)}}, sys.argv[1])\n"
+    )
+    command = [sys.executable, "-c", writer, str(path)]
+    result = subprocess.run(command, cwd=REPO_ROOT, check=False)
+    assert result.returncode == 9
+    assert utils.load_checkpoint(path)["epoch"] == 1
+
+
+def test_resume_without_a_checkpoint(synthetic_cifar10_dir, tmp_path):
+    result = run_script(
+        "train.py", "--data", synthetic_cifar10_dir, "--out", tmp_path / "x", "--resume"
+    )
+    one_line_error(result, "last.pt does not exist")
+    assert not (tmp_path / "x").exists()
+
+
+def test_resume_with_another_model_or_dataset(trained_run, make_synthetic_source, tmp_path):
+    before = (trained_run / "last.pt").read_bytes()
+    flags = ["--out", trained_run, *SMALL, "--epochs", "1", "--resume"]
+    checkpoint_data = torch.load(trained_run / "last.pt", weights_only=True)["args"]["data"]
+    other_model = run_script("train.py", "--data", checkpoint_data, *flags, "--model", "resnet50")
+    one_line_error(other_model, "--model fishnet99 (now resnet50)")
+
+    # The same images split with another seed: another training set.
+    reseeded = tmp_path / "reseeded"
+    prepared = run_download_data(
+        "--source", make_synthetic_source(), "--out", reseeded, "--seed", "7"
+    )
+    assert prepared.returncode == 0, prepared.stderr
+    other_split = run_script("train.py", "--data", reseeded / "cifar10", *flags)
+    one_line_error(other_split, "another dataset")
+    assert (trained_run / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "json", "tensor", "code"])
+def test_bad_checkpoint_files(trained_run, tmp_path, damage):
+    bad = tmp_path / "bad.pt"
+    good = (trained_run / "last.pt").read_bytes()
+    if damage == "truncated":
+        bad.write_bytes(good[: len(good) // 2])
+    elif damage == "random bytes":
+        bad.write_bytes(os.urandom(4096))
+    elif damage == "json":
+        bad.write_text(json.dumps({"epoch": 1}))
+    elif damage == "tensor":
+        torch.save(torch.zeros(3), bad)
+    else:
+
+        class RunsCode:
+            def __reduce__(self):
+                return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+        bad.write_bytes(pickle.dumps(RunsCode()))
+    one_line_error(run_script("eval.py", bad, "--device", "cpu"), str(bad))
+    assert not (tmp_path / "pwned").exists()
+
+    (trained_run / "last.pt").write_bytes(bad.read_bytes())
+    result = run_script(
+        "train.py", "--data", "unused", "--out", trained_run, *SMALL, "--epochs", "1", "--resume"
+    )
+    one_line_error(result, "last.pt")
+
+
+def test_missing_checkpoint_for_eval(tmp_path):
+    one_line_error(run_script("eval.py", tmp_path / "none.pt"), "no such checkpoint")
+
+
+def test_diverging_run_stops_and_keeps_the_good_checkpoints(synthetic_cifar10_dir, tmp_path):
+    out = tmp_path / "run"
+    # lr 0.1 in epoch 1, then 1e8: the loss blows up early in epoch 2.
+    recipe = ["--epochs", "3", "--step-size", "1", "--gamma", "1e9"]
+    result = run_script("train.py", "--data", synthetic_cifar10_dir, "--out", out, *SMALL, *recipe)
+    one_line_error(result, "not finite", "epoch 2, step", "--lr")
+    for name in ("last.pt", "best.pt"):
+        checkpoint = utils.load_checkpoint(out / name)
+        assert checkpoint["epoch"] == 1
+        assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+    assert len(json.loads((out / "history.json").read_text())) == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--epochs", "-1"], "argument --epochs"),
+        (["--batch-size", "0"], "argument --batch-size"),
+        (["--model", "fishnet42"], "argument --model: invalid choice"),
+        (["--optimizer", "lbfgs"], "argument --optimizer: invalid choice"),
+        (["--width", "0"], "argument --width"),
+        (["--width", "0.3"], "multiple of 1/16"),
+        (["--lr", "abc"], "argument --lr"),
+        (["--resume", "--overwrite"], "not allowed with argument"),
+    ],
+)
+def test_nonsense_flags_stop_before_any_work(flags, message, tmp_path):
+    result = run_script("train.py", "--data", tmp_path / "nowhere", *flags)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("damage", "phrase"),
+    [
+        (lambda m: {**m, "images/train/nowhere/1.png": 0}, "nowhere/1.png"),
+        (lambda m: {**m, next(iter(m)): 10}, "label"),
+        (None, "JSON"),
+    ],
+)
+def test_bad_manifest_names_the_manifest_and_entry(synthetic_cifar10_dir, tmp_path, damage, phrase):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_cifar10_dir, data)
+    manifest = data / "train_img2labels.json"
+    if damage is None:
+        manifest.write_text("{not json")
+    else:
+        manifest.write_text(json.dumps(damage(json.loads(manifest.read_text()))))
+    result = run_script(
+        "train.py", "--data", data, "--out", tmp_path / "r", *SMALL, "--epochs", "1"
+    )
+    one_line_error(result, "train_img2labels.json", phrase)
+
+
+def test_out_of_memory_names_the_batch_size(synthetic_cifar10_dir, tmp_path, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train, "train_one_epoch", out_of_memory)
+    argv = ["--data", str(synthetic_cifar10_dir), "--out", str(tmp_path / "r"), *SMALL]
+    with pytest.raises(utils.UserError, match=r"--batch-size 32; try --batch-size 16"):
+        train.main([*argv, "--epochs", "1"])
+
+
+def test_finished_run_is_not_overwritten(trained_run, synthetic_cifar10_dir):
+    before = (trained_run / "last.pt").read_bytes()
+    data = ["--data", synthetic_cifar10_dir, "--out", trained_run, *SMALL, "--epochs", "1"]
+    one_line_error(run_script("train.py", *data), "already holds a run", "--resume", "--overwrite")
+    finished = run_script("train.py", *data, "--resume")
+    assert finished.returncode == 0 and "nothing to do" in finished.stdout
+    assert (trained_run / "last.pt").read_bytes() == before
+    assert run_script("train.py", *data, "--overwrite").returncode == 0
