@@ -24,6 +24,8 @@ from models import build_model
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 CHECKPOINT_FORMAT = "fishnet-cifar-checkpoint"
 CHECKPOINT_VERSION = 1
 TOPK = (1, 5)
@@ -159,6 +161,7 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp's 0600 would hide results from collaborators
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

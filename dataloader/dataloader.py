@@ -16,7 +16,6 @@ import json
 import math
 import os
 import reprlib
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -176,15 +175,10 @@ def _load_cache(cache: Path, digest: str) -> tuple[torch.Tensor, torch.Tensor] |
 
 
 def _save_cache(cache: Path, content: dict) -> None:
+    from utils import atomic_write  # utils imports this module, so not at the top
+
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{cache.name}.", dir=cache.parent)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                torch.save(content, stream)
-            os.replace(temporary, cache)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        atomic_write(cache, lambda temporary: torch.save(content, temporary))
     except OSError as error:
         warnings.warn(
             f"cannot write the cache {cache} ({error}); decoding again next time", stacklevel=3

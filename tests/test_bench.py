@@ -1,0 +1,60 @@
+"""bench.py train and tta as CI smoke tests, and the torch.compile fallback."""
+
+import re
+
+import pytest
+import torch
+from conftest import run_script
+
+import train
+from models import build_model
+
+CPU_SMALL = ["--width", "0.25", "--device", "cpu"]
+
+
+def test_bench_train_runs_both_pipelines(synthetic_cifar10_dir):
+    result = run_script(
+        "bench.py", "train", "--data", synthetic_cifar10_dir, *CPU_SMALL, "--batch-size", "8",
+        "--steps", "2", "--warmup", "1", "--workers", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rates = re.findall(
+        r"^(this repository|seed-style).*?\s([\d,]+)\s+([\d.]+)\s", result.stdout, re.M
+    )
+    assert [name for name, _, _ in rates] == ["this repository", "seed-style"]
+    assert all(int(rate.replace(",", "")) > 0 and float(tflops) > 0 for _, rate, tflops in rates)
+    assert re.search(r"^ratio: [\d.]+x$", result.stdout, re.M)
+
+
+def test_bench_tta_reports_the_time_to_each_target(synthetic_cifar10_dir, tmp_path):
+    result = run_script(
+        "bench.py", "tta", "--targets", "1", "99.9", "--split", "test", "--out", tmp_path / "tta",
+        "--data", synthetic_cifar10_dir, *CPU_SMALL, "--batch-size", "32", "--epochs", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^\| 1\.00 % \| [\d.]+ s \| 1 \|$", result.stdout, re.M), result.stdout
+    assert re.search(r"^\| 99\.90 % \| not reached in \d+ s \| - \|$", result.stdout, re.M)
+    assert "final after 2 epochs" in result.stdout
+
+
+def test_bench_rejects_unknown_flags():
+    result = run_script("bench.py", "train", "--lr", "0.1")
+    assert result.returncode == 2 and "unrecognized arguments: --lr 0.1" in result.stderr
+
+
+def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("Dynamo is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    model = build_model("fishnet99", width=0.25)
+    with pytest.warns(UserWarning, match="running eagerly"):
+        assert train.compile_model(model) is model
+
+
+def test_presets_set_defaults_that_flags_override():
+    fast = train.parse_args(["--preset", "fast"])
+    assert (fast.schedule, fast.batch_size, fast.nesterov) == ("onecycle", 512, True)
+    assert train.parse_args(["--preset", "fast", "--epochs", "3"]).epochs == 3
+    seed = train.parse_args([])
+    assert (seed.schedule, seed.batch_size, seed.epochs, seed.lr) == ("step", 256, 100, 0.1)
