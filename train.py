@@ -33,7 +33,7 @@ from dataloader import (
     manifest_path,
     read_classes,
 )
-from models import build_model, check_width, model_names
+from models import SWITCHES, build_model, check_width, model_names, switch_kwargs
 from utils import (
     UserError,
     atomic_write,
@@ -122,6 +122,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--data", default="data/cifar10", help="folder made by data/download_data.py")
     add("--model", default="fishnet99", choices=model_names())
     add("--width", type=model_width, default=1.0, help="channel multiplier (multiple of 1/16)")
+    # FishNet's ablation switches (README, "Ablations"): each default is the paper's choice.
+    switch = parser.add_argument_group("FishNet ablation switches").add_argument
+    switch(
+        "--downsample",
+        default="maxpool",
+        choices=SWITCHES["downsample"],
+        help="2x down-sampling of tail and head stages (conv: strided BN-ReLU-conv2x2)",
+    )
+    switch(
+        "--upsample",
+        default="nearest",
+        choices=SWITCHES["upsample"],
+        help="2x up-sampling of body stages (deconv: BN-ReLU-ConvTranspose2d, kernel 2)",
+    )
+    switch(
+        "--body-shortcut",
+        default="reduce",
+        choices=SWITCHES["body_shortcut"],
+        help="first unit of a body stage: channel reduction r(x) or a 1x1 conv",
+    )
+    on_off = argparse.BooleanOptionalAction
+    switch("--body-dilation", action=on_off, default=True, help="dilation 2^j in body stage j")
+    switch("--transfer", action=on_off, default=True, help="transfer blocks (off: identity)")
+    switch(
+        "--bridge",
+        default="se",
+        choices=SWITCHES["bridge"],
+        help="SE-gated bridge, its residual units alone, or none",
+    )
     add("--epochs", type=positive_int, default=100)
     add("--batch-size", type=positive_int, default=256)
     add("--optimizer", default="sgd", choices=OPTIMIZERS)
@@ -170,6 +199,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--label-smoothing must be below 1")
     if args.warmup_epochs is not None and args.warmup_epochs >= args.epochs:
         parser.error("--warmup-epochs must be shorter than --epochs")
+    try:
+        switch_kwargs(args.model, vars(args))
+    except ValueError as error:
+        parser.error(str(error))
     if args.out is None:
         args.out = f"runs/{args.model}"
     return args
@@ -399,7 +432,12 @@ def train(args: argparse.Namespace, on_epoch: Callable | None = None) -> None:
 
     model_spec = {
         "name": args.model,
-        "kwargs": {"num_classes": len(classes), "stem": "cifar", "width": args.width},
+        "kwargs": {
+            "num_classes": len(classes),
+            "stem": "cifar",
+            "width": args.width,
+            **switch_kwargs(args.model, vars(args)),
+        },
     }
     model = build_model(model_spec["name"], **model_spec["kwargs"]).to(device)
     if args.channels_last:

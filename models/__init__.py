@@ -1,9 +1,11 @@
 """The model registry shared by training, evaluation and the benchmarks."""
 
+from collections.abc import Mapping
+
 from torch import nn
 
 from .complexity import count_macs, count_parameters
-from .fishnet import FishNet, check_width, fishnet99, fishnet150, fishnet201
+from .fishnet import CONFIGS, SWITCHES, FishNet, check_width, fishnet99, fishnet150, fishnet201
 from .resnet import PreActResNet, resnet50, resnet101
 
 MODELS = {f.__name__: f for f in (fishnet99, fishnet150, fishnet201, resnet50, resnet101)}
@@ -20,8 +22,40 @@ def build_model(name: str, **kwargs) -> nn.Module:
     return MODELS[name](**kwargs)
 
 
+def switch_flags(key: str, value: object) -> list[str]:
+    """train.py's flags for switch ``key`` set to ``value``: ``["--downsample", "conv"]``,
+    ``["--no-transfer"]``."""
+    flag = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + flag[2:]]
+    return [flag, str(value)]
+
+
+def switch_kwargs(name: str, options: Mapping[str, object]) -> dict:
+    """The ablation switches in ``options`` (e.g. ``vars(args)``) as kwargs of model ``name``.
+
+    A FishNet gets every switch of :data:`SWITCHES` (the paper's choice where ``options``
+    has none). Other models have no switches: they get none, and a ValueError names any
+    switch that ``options`` sets to other than the paper's choice.
+    """
+    values = {key: options.get(key, choices[0]) for key, choices in SWITCHES.items()}
+    if name in CONFIGS:
+        return values
+    changed = [
+        " ".join(switch_flags(key, value))
+        for key, value in values.items()
+        if value != SWITCHES[key][0]
+    ]
+    if changed:
+        raise ValueError(
+            f"{', '.join(changed)}: the ablation switches apply to FishNet only, not {name}"
+        )
+    return {}
+
+
 __all__ = [
     "MODELS",
+    "SWITCHES",
     "FishNet",
     "PreActResNet",
     "build_model",
@@ -29,4 +63,6 @@ __all__ = [
     "count_macs",
     "count_parameters",
     "model_names",
+    "switch_flags",
+    "switch_kwargs",
 ]

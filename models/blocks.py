@@ -4,10 +4,28 @@ Every block is pre-activation (BN-ReLU before each convolution) and no block
 applies an activation after its residual sum, so identity paths carry gradients
 from the classifier to the stem untouched. That is the paper's point: no
 "isolated" convolution sits on the path between resolutions.
+
+For ablations, the sampling, the body shortcut and the bridge have alternatives
+(the tuples below, the paper's choice first), each built by one small factory.
 """
 
 import torch
 from torch import Tensor, nn
+
+DOWNSAMPLING = ("maxpool", "avgpool", "conv")
+"""2x down-sampling of the tail and head stages (:func:`make_downsample`)."""
+UPSAMPLING = ("nearest", "bilinear", "deconv")
+"""2x up-sampling of the body stages (:func:`make_upsample`)."""
+BODY_SHORTCUTS = ("reduce", "conv")
+"""Shortcut of the first unit of a body stage: r(x) or a 1x1 projection (:class:`UpRefine`)."""
+BRIDGES = ("se", "plain", "none")
+"""The module between tail and body (:func:`make_bridge`)."""
+
+
+def check_choice(what: str, value: object, choices: tuple) -> None:
+    if value not in choices:
+        names = ", ".join(map(repr, choices))
+        raise ValueError(f"{what} must be one of {names}; got {value!r}")
 
 
 def bn_relu(channels: int) -> list[nn.Module]:
@@ -131,18 +149,60 @@ def residual_units(
     return nn.Sequential(first, *rest)
 
 
-def transfer_block(channels: int, num_units: int) -> nn.Sequential:
-    """Refines a feature of another part of the fish before it is concatenated (channels kept)."""
+def transfer_block(channels: int, num_units: int) -> nn.Module:
+    """Refines a feature of another part of the fish before it is concatenated (channels kept).
+
+    With ``num_units=0`` (the ablation without transfer blocks) the feature is concatenated
+    as it is: an ``nn.Identity``.
+    """
+    if num_units == 0:
+        return nn.Identity()
     return nn.Sequential(*(Bottleneck(channels, channels) for _ in range(num_units)))
 
 
-class TailStage(nn.Module):
-    """Tail (down-sampling) stage: residual units, then a 2x2 max-pool."""
+def make_downsample(kind: str, channels: int) -> nn.Module:
+    """2x down-sampling that keeps the channels.
 
-    def __init__(self, in_channels: int, out_channels: int, num_units: int) -> None:
+    - ``maxpool`` (the paper's): 2x2 max-pool, stride 2, no parameters;
+    - ``avgpool``: 2x2 average pool, stride 2, no parameters;
+    - ``conv``: BN-ReLU-conv2x2 with stride 2 (no bias), a learned down-sampling over the
+      same 2x2 window: the strided "isolated" convolution that the paper keeps off the
+      path between resolutions. It adds ``4 * channels**2 + 2 * channels`` parameters.
+    """
+    check_choice("downsample", kind, DOWNSAMPLING)
+    if kind == "maxpool":
+        return nn.MaxPool2d(2, stride=2)
+    if kind == "avgpool":
+        return nn.AvgPool2d(2, stride=2)
+    return nn.Sequential(*bn_relu(channels), nn.Conv2d(channels, channels, 2, stride=2, bias=False))
+
+
+def make_upsample(kind: str, channels: int) -> nn.Module:
+    """2x up-sampling that keeps the channels.
+
+    - ``nearest`` (the paper's): nearest-neighbour interpolation, no parameters;
+    - ``bilinear``: bilinear interpolation (``align_corners=False``), no parameters;
+    - ``deconv``: BN-ReLU-ConvTranspose2d(kernel 2, stride 2, no bias), the learned
+      "isolated" up-sampling the paper avoids; it adds ``4 * channels**2 + 2 * channels``
+      parameters.
+    """
+    check_choice("upsample", kind, UPSAMPLING)
+    if kind == "deconv":
+        return nn.Sequential(
+            *bn_relu(channels), nn.ConvTranspose2d(channels, channels, 2, stride=2, bias=False)
+        )
+    return nn.Upsample(scale_factor=2, mode=kind)
+
+
+class TailStage(nn.Module):
+    """Tail (down-sampling) stage: residual units, then 2x down-sampling (a 2x2 max-pool)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, num_units: int, downsample: str = "maxpool"
+    ) -> None:
         super().__init__()
         self.units = residual_units(in_channels, out_channels, num_units)
-        self.downsample = nn.MaxPool2d(2, stride=2)
+        self.downsample = make_downsample(downsample, out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.downsample(self.units(x))
@@ -182,13 +242,32 @@ class Bridge(nn.Module):
         return self.units(score) * attention + attention
 
 
-class UpRefine(nn.Module):
-    """UR block (body stage): refine, reduce channels by k, 2x nearest up-sampling.
+def make_bridge(kind: str, channels: int, num_units: int) -> nn.Module:
+    """The module between tail and body; channels and resolution are kept.
 
-    The trunk's first unit uses the channel reduction r(x) as its shortcut; all its
-    units use dilation so the receptive field grows while the resolution rises. The
-    transfer branch refines the tail (or bridge) feature of the output resolution, and
-    the two are concatenated.
+    - ``se`` (the paper's): :class:`Bridge`, the score map gated by squeeze-and-excitation;
+    - ``plain``: the bridge's ``num_units`` residual units applied to the tail feature
+      itself (C -> C), without the score and the SE gate;
+    - ``none``: ``nn.Identity``, no bridge at all: the last tail feature goes straight to
+      the body (a seed implementation's proposal, for a more direct gradient path).
+    """
+    check_choice("bridge", kind, BRIDGES)
+    if kind == "se":
+        return Bridge(channels, num_units)
+    if kind == "plain":
+        return residual_units(channels, channels, num_units)
+    return nn.Identity()
+
+
+class UpRefine(nn.Module):
+    """UR block (body stage): refine, reduce channels by k, 2x up-sampling (nearest).
+
+    The trunk's first unit uses the channel reduction r(x) as its shortcut
+    (``shortcut="reduce"``; ``"conv"`` gives it the usual BN-ReLU-conv1x1 projection
+    where the channels change, and the identity where they do not); all its units use
+    dilation so the receptive field grows while the resolution rises. The transfer branch
+    refines the tail (or bridge) feature of the output resolution, and the two are
+    concatenated.
     """
 
     def __init__(
@@ -199,12 +278,19 @@ class UpRefine(nn.Module):
         transfer_channels: int,
         num_transfer_units: int,
         dilation: int,
+        upsample: str = "nearest",
+        shortcut: str = "reduce",
     ) -> None:
         super().__init__()
+        check_choice("shortcut", shortcut, BODY_SHORTCUTS)
         self.units = residual_units(
-            in_channels, out_channels, num_units, dilation=dilation, reduce_channels=True
+            in_channels,
+            out_channels,
+            num_units,
+            dilation=dilation,
+            reduce_channels=shortcut == "reduce",
         )
-        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
+        self.upsample = make_upsample(upsample, out_channels)
         self.transfer = transfer_block(transfer_channels, num_transfer_units)
 
     def forward(self, x: Tensor, lateral: Tensor) -> Tensor:
@@ -212,7 +298,8 @@ class UpRefine(nn.Module):
 
 
 class DownRefine(nn.Module):
-    """DR block (head stage): refine, 2x2 max-pool, concatenate a refined body feature."""
+    """DR block (head stage): refine, 2x down-sampling (a 2x2 max-pool), concatenate a refined
+    body feature."""
 
     def __init__(
         self,
@@ -221,10 +308,11 @@ class DownRefine(nn.Module):
         num_units: int,
         transfer_channels: int,
         num_transfer_units: int,
+        downsample: str = "maxpool",
     ) -> None:
         super().__init__()
         self.units = residual_units(in_channels, out_channels, num_units)
-        self.downsample = nn.MaxPool2d(2, stride=2)
+        self.downsample = make_downsample(downsample, out_channels)
         self.transfer = transfer_block(transfer_channels, num_transfer_units)
 
     def forward(self, x: Tensor, lateral: Tensor) -> Tensor:
@@ -249,9 +337,12 @@ class ClassifierHead(nn.Module):
 
 
 def init_weights(model: nn.Module) -> None:
-    """The initialisation of the authors' release: He normal by fan-out, BN at identity."""
+    """The initialisation of the authors' release: He normal by fan-out, BN at identity.
+
+    Transposed convolutions (only in the ``deconv`` ablation) get the same He normal.
+    """
     for module in model.modules():
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

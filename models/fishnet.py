@@ -7,13 +7,29 @@ stem and 1000 classes).
 
 Feature indices follow the paper's code: ``feat[0]`` is the stem output and
 ``feat[i + 1]`` the output of stage ``i``; stages run tail, bridge, body, head.
+
+The ablation switches (:data:`SWITCHES`) replace one design choice of the paper at a
+time; their defaults build the published networks.
 """
 
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from .blocks import Bridge, ClassifierHead, DownRefine, TailStage, UpRefine, init_weights, make_stem
+from .blocks import (
+    BODY_SHORTCUTS,
+    BRIDGES,
+    DOWNSAMPLING,
+    UPSAMPLING,
+    ClassifierHead,
+    DownRefine,
+    TailStage,
+    UpRefine,
+    check_choice,
+    init_weights,
+    make_bridge,
+    make_stem,
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,17 @@ CONFIGS = {
 }
 
 
+SWITCHES = {
+    "downsample": DOWNSAMPLING,
+    "upsample": UPSAMPLING,
+    "body_shortcut": BODY_SHORTCUTS,
+    "body_dilation": (True, False),
+    "transfer": (True, False),
+    "bridge": BRIDGES,
+}
+"""FishNet's ablation switches and their values; the first value is the paper's, the default."""
+
+
 class FishNet(nn.Module):
     """FishNet assembled from a :class:`FishConfig`.
 
@@ -64,10 +91,51 @@ class FishNet(nn.Module):
     and its down-sampling factor relative to the input, so the network serves as a
     backbone for detection or segmentation. ``forward_head`` maps those features to
     logits.
+
+    The keyword-only ablation switches (:data:`SWITCHES`) default to the paper's choices:
+
+    - ``downsample``: 2x down-sampling of the tail and head stages, ``"maxpool"`` (2x2),
+      ``"avgpool"`` (2x2) or ``"conv"`` (strided BN-ReLU-conv2x2), see
+      :func:`~models.blocks.make_downsample`; the ImageNet stem's max-pool is not switched;
+    - ``upsample``: 2x up-sampling of the body stages, ``"nearest"``, ``"bilinear"`` or
+      ``"deconv"`` (BN-ReLU-ConvTranspose2d, kernel 2, stride 2), see
+      :func:`~models.blocks.make_upsample`;
+    - ``body_shortcut``: shortcut of each body stage's first unit, ``"reduce"`` (the
+      channel reduction r(x)) or ``"conv"`` (a BN-ReLU-conv1x1 projection where the
+      channels change, the identity where they do not);
+    - ``body_dilation``: dilation 2**j in the units of body stage j, or 1 throughout;
+    - ``transfer``: transfer blocks on the concatenated features, or none (identity);
+    - ``bridge``: ``"se"`` (the SE-gated bridge), ``"plain"`` (its residual units on the
+      tail feature, C -> C, without score and gate) or ``"none"`` (identity), see
+      :func:`~models.blocks.make_bridge`.
+
+    No switch changes a feature's channels or resolution, so ``feature_info`` is the same.
     """
 
-    def __init__(self, config: FishConfig, num_classes: int = 10, stem: str = "cifar") -> None:
+    def __init__(
+        self,
+        config: FishConfig,
+        num_classes: int = 10,
+        stem: str = "cifar",
+        *,
+        downsample: str = "maxpool",
+        upsample: str = "nearest",
+        body_shortcut: str = "reduce",
+        body_dilation: bool = True,
+        transfer: bool = True,
+        bridge: str = "se",
+    ) -> None:
         super().__init__()
+        self.switches = {
+            "downsample": downsample,
+            "upsample": upsample,
+            "body_shortcut": body_shortcut,
+            "body_dilation": body_dilation,
+            "transfer": transfer,
+            "bridge": bridge,
+        }
+        for name, value in self.switches.items():
+            check_choice(name, value, SWITCHES[name])
         planes, units = config.planes, config.units
         num_tail = config.num_tail
         # Each body stage doubles the resolution a tail stage halved, back to the stem's.
@@ -84,14 +152,14 @@ class FishNet(nn.Module):
 
         self.tail = nn.ModuleList()
         for i in range(num_tail):
-            self.tail.append(TailStage(channels[-1], planes[i + 1], units[i]))
+            self.tail.append(TailStage(channels[-1], planes[i + 1], units[i], downsample))
             channels.append(planes[i + 1])
             reduction.append(reduction[-1] * 2)
             names.append(f"tail{i + 1}")
 
         if planes[num_tail + 1] != channels[-1]:
             raise ValueError("the bridge must keep the channels of the last tail stage")
-        self.bridge = Bridge(channels[-1], units[num_tail])
+        self.bridge = make_bridge(bridge, channels[-1], units[num_tail])
         channels.append(channels[-1])
         reduction.append(reduction[-1])
         names.append("bridge")
@@ -103,21 +171,29 @@ class FishNet(nn.Module):
         ):
             stage = num_tail + 1 + j
             in_channels, out_channels = channels[-1], planes[stage + 1]
+            transfer_units = num_transfer if transfer else 0
             if j < num_body:
                 block = UpRefine(
                     in_channels,
                     out_channels,
                     units[stage],
                     channels[source],
-                    num_transfer,
-                    dilation=2**j,
+                    transfer_units,
+                    dilation=2**j if body_dilation else 1,
+                    upsample=upsample,
+                    shortcut=body_shortcut,
                 )
                 self.body.append(block)
                 reduction.append(reduction[-1] // 2)
                 names.append(f"body{j + 1}")
             else:
                 block = DownRefine(
-                    in_channels, out_channels, units[stage], channels[source], num_transfer
+                    in_channels,
+                    out_channels,
+                    units[stage],
+                    channels[source],
+                    transfer_units,
+                    downsample=downsample,
                 )
                 self.head.append(block)
                 reduction.append(reduction[-1] * 2)
@@ -160,7 +236,7 @@ def scale_channels(channels: int, width: float) -> int:
     return round(channels * width)
 
 
-def _fishnet(name: str, num_classes: int, stem: str, width: float) -> FishNet:
+def _fishnet(name: str, num_classes: int, stem: str, width: float, **switches) -> FishNet:
     config = CONFIGS[name]
     if width != 1:
         config = FishConfig(
@@ -169,16 +245,24 @@ def _fishnet(name: str, num_classes: int, stem: str, width: float) -> FishNet:
             config.transfer_units,
             config.transfer_sources,
         )
-    return FishNet(config, num_classes=num_classes, stem=stem)
+    return FishNet(config, num_classes=num_classes, stem=stem, **switches)
 
 
-def fishnet99(num_classes: int = 10, stem: str = "cifar", width: float = 1.0) -> FishNet:
-    return _fishnet("fishnet99", num_classes, stem, width)
+# The factories take FishNet's ablation switches as keyword arguments (SWITCHES; default: the
+# paper's), e.g. fishnet99(bridge="none").
+def fishnet99(
+    num_classes: int = 10, stem: str = "cifar", width: float = 1.0, **switches
+) -> FishNet:
+    return _fishnet("fishnet99", num_classes, stem, width, **switches)
 
 
-def fishnet150(num_classes: int = 10, stem: str = "cifar", width: float = 1.0) -> FishNet:
-    return _fishnet("fishnet150", num_classes, stem, width)
+def fishnet150(
+    num_classes: int = 10, stem: str = "cifar", width: float = 1.0, **switches
+) -> FishNet:
+    return _fishnet("fishnet150", num_classes, stem, width, **switches)
 
 
-def fishnet201(num_classes: int = 10, stem: str = "cifar", width: float = 1.0) -> FishNet:
-    return _fishnet("fishnet201", num_classes, stem, width)
+def fishnet201(
+    num_classes: int = 10, stem: str = "cifar", width: float = 1.0, **switches
+) -> FishNet:
+    return _fishnet("fishnet201", num_classes, stem, width, **switches)
