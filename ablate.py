@@ -1,0 +1,288 @@
+"""Ablations: train FishNet and variants of it with one recipe, then table and plot them.
+
+    python ablate.py                                  # the baseline and every switch, preset fast
+    python ablate.py --variants baseline bridge=none downsample=conv --epochs 30
+    python ablate.py --variants baseline body-dilation=off,transfer=off --preset accuracy
+    python ablate.py --variants baseline bridge=none --width 0.25 --epochs 2 --device cpu
+
+A variant is ``baseline`` (the paper's network) or one or more switches joined by commas,
+each ``name=value`` with the name of its train.py flag (downsample, upsample,
+body-shortcut, body-dilation, transfer, bridge) and ``on``/``off`` for body-dilation and
+transfer. Every other flag goes to train.py, so all variants train with the same recipe,
+seed and number of epochs, each into OUT/VARIANT (replacing a run already there). Each
+variant's valid top-1 is the best epoch's, and its test top-1 that of the same checkpoint
+(best.pt); its time is the run's wall-clock time, validation included. The markdown table
+(--table), the bar plot of test top-1 (--plot) and OUT/ablation.json are rewritten after
+every variant, so an interrupted ablation keeps the variants it finished.
+"""
+
+import argparse
+import datetime
+import json
+import platform
+from pathlib import Path
+
+import matplotlib
+import torch
+
+import train
+from dataloader import DeviceLoader, load_split
+from models import SWITCHES, count_macs, count_parameters, switch_flags
+from utils import (
+    atomic_write,
+    evaluate,
+    load_checkpoint,
+    model_from_checkpoint,
+    resolve_device,
+    run_cli,
+)
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+BASELINE = "baseline"
+ON_OFF = {"on": True, "off": False}
+
+
+def variant_name(switches: dict[str, object]) -> str:
+    """``baseline``, or ``key=value`` items joined by commas, as --variants takes them."""
+    if not switches:
+        return BASELINE
+    items = []
+    for key, value in switches.items():
+        text = ("on" if value else "off") if isinstance(value, bool) else value
+        items.append(f"{key.replace('_', '-')}={text}")
+    return ",".join(items)
+
+
+def parse_variant(text: str) -> dict[str, object]:
+    """``bridge=none,transfer=off`` -> {"bridge": "none", "transfer": False}; ``baseline`` -> {}."""
+    if text == BASELINE:
+        return {}
+    switches: dict[str, object] = {}
+    for item in text.split(","):
+        name, equals, value = item.partition("=")
+        key = name.replace("-", "_")
+        if not equals or key not in SWITCHES:
+            names = ", ".join(k.replace("_", "-") for k in SWITCHES)
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not SWITCH=VALUE with a switch of: {names} (or use {BASELINE!r})"
+            )
+        if key in switches:
+            raise argparse.ArgumentTypeError(f"{text!r} sets {name} twice")
+        choices = SWITCHES[key]
+        if isinstance(choices[0], bool):
+            if value not in ON_OFF:
+                raise argparse.ArgumentTypeError(f"{name} is 'on' or 'off', got {value!r}")
+            switches[key] = ON_OFF[value]
+        elif value in choices:
+            switches[key] = value
+        else:
+            raise argparse.ArgumentTypeError(
+                f"{name} is one of {', '.join(choices)}, got {value!r}"
+            )
+    return switches
+
+
+def all_variants() -> list[dict[str, object]]:
+    """The baseline, then each switch at each of its values other than the paper's."""
+    return [{}] + [{key: value} for key, choices in SWITCHES.items() for value in choices[1:]]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train FishNet's baseline and variants with one recipe; table and plot them.",
+        epilog="Every other flag goes to train.py (python train.py --help lists them).",
+        allow_abbrev=False,  # abbreviations of train.py's flags must reach train.py
+    )
+    add = parser.add_argument
+    add(
+        "--variants",
+        nargs="+",
+        type=parse_variant,
+        default=None,
+        metavar="VARIANT",
+        help="baseline, or SWITCH=VALUE[,SWITCH=VALUE...] (default: the baseline and every "
+        "switch at each of its other values, "
+        f"{len(all_variants())} runs)",
+    )
+    add("--preset", default="fast", choices=train.PRESETS, help="train.py's recipe (default: fast)")
+    add("--out", type=Path, default=Path("runs/ablate"), help="runs go to OUT/VARIANT")
+    add("--table", type=Path, default=Path("fig/ablation.md"), help="the markdown table")
+    add("--plot", type=Path, default=Path("fig/ablation.png"), help="the bar plot of test top-1")
+    args, train_flags = parser.parse_known_args(argv)
+    args.variants = args.variants or all_variants()
+    names = [variant_name(v) for v in args.variants]
+    if len(set(names)) != len(names):
+        parser.error(f"--variants names a variant twice: {' '.join(names)}")
+    if {"--resume", "--overwrite"} & {flag.split("=")[0] for flag in train_flags}:
+        parser.error("ablate.py always starts each run afresh in OUT/VARIANT (--overwrite)")
+    # Every variant's train.py arguments, checked before the first run starts.
+    args.runs = {}
+    for name, switches in zip(names, args.variants, strict=True):
+        flags = [flag for key, value in switches.items() for flag in switch_flags(key, value)]
+        folder = args.out / name.replace("=", "-").replace(",", "+")
+        run = train.parse_args(
+            ["--preset", args.preset, *train_flags, *flags, "--out", str(folder), "--overwrite"]
+        )
+        set_elsewhere = [
+            " ".join(switch_flags(key, getattr(run, key)))
+            for key, choices in SWITCHES.items()
+            if key not in switches and getattr(run, key) != choices[0]
+        ]
+        if set_elsewhere:
+            parser.error(
+                f"{', '.join(set_elsewhere)}: give switches as --variants, so that the "
+                "baseline stays the paper's network"
+            )
+        args.runs[name] = (switches, run)
+    args.train_flags = train_flags
+    return args
+
+
+def evaluate_run(run: argparse.Namespace, test_split: dict) -> dict:
+    """Parameters, MACs, best valid top-1, test top-1 of best.pt and time of a finished run."""
+    out = Path(run.out)
+    last = load_checkpoint(out / "last.pt")
+    best = load_checkpoint(out / "best.pt")
+    history = last["history"]
+    device = resolve_device(run.device)
+    model = model_from_checkpoint(best, out / "best.pt").to(device)
+    if run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if "images" not in test_split:
+        test_split["images"], test_split["labels"] = load_split(run.data, "test")
+    loader = DeviceLoader(
+        test_split["images"],
+        test_split["labels"],
+        run.batch_size,
+        mean=best["normalization"]["mean"],
+        std=best["normalization"]["std"],
+        train=False,
+        device=device,
+        channels_last=run.channels_last,
+    )
+    amp = best["args"]["amp"] and device.type == "cuda"
+    test = evaluate(model, loader, len(best["classes"]), device, amp)
+    return {
+        "params": count_parameters(model),
+        "macs": count_macs(model, 32),
+        "valid_top1": last["best_valid_top1"],
+        "best_epoch": best["epoch"],
+        "epochs": last["epoch"],
+        "test_top1": test["top1"],
+        "test_top5": test["top5"],
+        "train_images": history[-1]["train_samples"],
+        "test_images": test["samples"],
+        "seconds": history[-1]["elapsed"],
+        "out": str(out),
+    }
+
+
+def device_name(run: argparse.Namespace) -> str:
+    device = resolve_device(run.device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def markdown(results: dict[str, dict], context: dict) -> str:
+    baseline = results.get(BASELINE)
+    header = ["variant", "params", "MACs", "valid top-1 (%)", "test top-1 (%)"]
+    header += ["vs baseline (test)"] if baseline else []
+    header += ["best epoch", "time (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for name, r in results.items():
+        row = [
+            f"`{name}`",
+            f"{r['params']:,}",
+            f"{r['macs'] / 1e6:.1f} M",
+            f"{r['valid_top1']:.2f}",
+            f"{r['test_top1']:.2f}",
+        ]
+        if baseline:
+            row.append("-" if r is baseline else f"{r['test_top1'] - baseline['test_top1']:+.2f}")
+        row += [f"{r['best_epoch']} / {r['epochs']}", f"{r['seconds']:.1f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(
+        [
+            f"# FishNet ablations: {context['model']} (width {context['width']})",
+            "",
+            f"- recipe: `{context['recipe']}` (train.py flags), seed {context['seed']}",
+            f"- data: {context['data']} ({context['images']})",
+            f"- device: {context['device']}; torch {torch.__version__}; {context['date']}",
+            "- valid top-1: the best epoch's; test top-1: the same checkpoint (best.pt); "
+            "time: training with per-epoch validation",
+            "",
+            *lines,
+            "",
+        ]
+    )
+
+
+def plot(results: dict[str, dict], context: dict, path: Path) -> None:
+    names = list(results)
+    values = [results[n]["test_top1"] for n in names]
+    colors = ["tab:blue" if n == BASELINE else "tab:orange" for n in names]
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.42 * len(names)))
+    bars = ax.barh(range(len(names)), values, color=colors)
+    ax.bar_label(bars, fmt="%.2f", padding=3, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    if BASELINE in results:
+        ax.axvline(results[BASELINE]["test_top1"], color="tab:blue", linestyle="--", linewidth=1)
+    # Ablations differ by little: the axis spans the values, not 0 to 100.
+    low, high = min(values), max(values)
+    margin = max(1.0, 0.25 * (high - low))
+    ax.set_xlim(max(0.0, low - 2 * margin), min(100.0, high + margin))
+    ax.set(
+        xlabel="test top-1 (%)",
+        title=f"{context['model']} (width {context['width']}), {context['recipe_short']}, "
+        f"{context['device']}",
+    )
+    ax.title.set_fontsize(9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    first = next(iter(args.runs.values()))[1]
+    context = {
+        "model": first.model,
+        "width": first.width,
+        "recipe": " ".join(["--preset", args.preset, *args.train_flags]),
+        "recipe_short": f"{first.epochs} epoch{'s' * (first.epochs != 1)}, seed {first.seed}",
+        "seed": first.seed,
+        "data": first.data,
+        "device": device_name(first),
+        "date": datetime.date.today().isoformat(),
+    }
+    results: dict[str, dict] = {}
+    test_split: dict = {}
+    for index, (name, (_, run)) in enumerate(args.runs.items()):
+        print(f"\n== ablation {index + 1}/{len(args.runs)}: {name} -> {run.out}", flush=True)
+        torch.compiler.reset()  # a fresh compilation per variant, not a recompilation limit
+        train.train(run)
+        results[name] = evaluate_run(run, test_split)
+        counts = results[name]
+        context["images"] = (
+            f"{counts['train_images']:,} training images an epoch, "
+            f"{counts['test_images']:,} test images"
+        )
+        write_text(args.table, markdown(results, context))
+        plot(results, context, args.plot)
+        summary = {"context": context, "results": results}
+        write_text(args.out / "ablation.json", json.dumps(summary, indent=1))
+    print("\n" + markdown(results, context))
+    print(f"table: {args.table}; plot: {args.plot}; numbers: {args.out / 'ablation.json'}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
