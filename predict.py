@@ -1,0 +1,209 @@
+"""Classify your own images with a trained checkpoint: the top-5 classes of every image.
+
+    python predict.py runs/fishnet99/best.pt cat.jpg photos/
+    python predict.py runs/fishnet99/best.pt photos/ --json
+
+Any image PIL reads (PNG, JPEG, ...; any size and mode) is converted to RGB, brought to 32x32
+(shorter side to 32, then the centre, as download_data.py --resize does) and normalised with
+the statistics the run trained with. Folders are searched recursively for image files and
+processed in batches. A file that cannot be read is reported and skipped; the exit status is
+then 1. A bad command or checkpoint stops at once with one line and exit status 2.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+from tqdm import tqdm
+
+from dataloader import normalize
+from utils import (
+    UserError,
+    autocast,
+    first_line,
+    load_checkpoint,
+    model_from_checkpoint,
+    positive_int,
+    resolve_device,
+    run_cli,
+)
+
+INPUT_SIZE = 32  # the side of the images the CIFAR models take
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def read_image(path: Path) -> Tensor:
+    """An image file of any format PIL reads, any size and mode, as uint8 RGB [3, 32, 32].
+
+    A 32x32 image keeps its pixels, so a prepared dataset's PNGs give exactly what training
+    and evaluation saw; others are resized as download_data.py --resize does: shorter side to
+    32 (bicubic), then the centre.
+    """
+    try:
+        with Image.open(path) as opened:
+            # A large JPEG decodes at a fraction of its size, still no smaller than the input.
+            opened.draft(None, (INPUT_SIZE, INPUT_SIZE))
+            image = ImageOps.exif_transpose(opened)
+            if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+                # 16-bit grayscale: convert("RGB") would clip it at 255 rather than scale it.
+                image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8))
+            image = image.convert("RGB")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except Exception as error:
+        # PIL's decoders report damaged or foreign files with many kinds of exception.
+        raise UserError(f"{path}: not a readable image ({first_line(error)})") from None
+    if image.size != (INPUT_SIZE, INPUT_SIZE):
+        image = ImageOps.fit(image, (INPUT_SIZE, INPUT_SIZE), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+
+
+class Classifier:
+    """A checkpoint ready to run on uint8 images, with the numerics of its training run: its
+    normalisation, memory format and (on CUDA) precision, as eval.py evaluates it."""
+
+    def __init__(self, path: Path, device: torch.device) -> None:
+        self.checkpoint = load_checkpoint(path)
+        trained = self.checkpoint["args"]
+        self.classes: list[str] = self.checkpoint["classes"]
+        self.device = device
+        self.amp = trained["amp"] and device.type == "cuda"
+        self.channels_last = trained["channels_last"]
+        self.model = model_from_checkpoint(self.checkpoint, path).to(device).eval()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def inputs(self, images: Tensor) -> Tensor:
+        """uint8 [B, 3, 32, 32] images as the model's normalised float input."""
+        statistics = self.checkpoint["normalization"]
+        batch = normalize(images.to(self.device), statistics["mean"], statistics["std"])
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> dict[str, Tensor]:
+        """Every stage's map (the model's forward_features), in float32."""
+        with autocast(self.device, self.amp):
+            features = self.model.forward_features(self.inputs(images))
+        return {name: feature.float() for name, feature in features.items()}
+
+    @torch.no_grad()
+    def probabilities(self, images: Tensor) -> Tensor:
+        """Softmax over the classes, float32 [B, num_classes]."""
+        with autocast(self.device, self.amp):
+            logits = self.model(self.inputs(images))
+        return logits.float().softmax(dim=1)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Predict the classes of images with a checkpoint written by train.py.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("checkpoint", type=Path, help="a last.pt or best.pt written by train.py")
+    add("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders")
+    add("--top-k", type=positive_int, default=5, help="classes to report per image")
+    add("--batch-size", type=positive_int, default=256)
+    add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add("--json", action="store_true", help="print the predictions as JSON")
+    return parser.parse_args(argv)
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES
+        and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
+def expand(inputs: list[Path]) -> list[Path]:
+    """Files as given, folders replaced by the image files below them; a folder without any
+    stays, to be reported."""
+    paths = []
+    for path in inputs:
+        found = image_files(path) if path.is_dir() else []
+        paths.extend(found or [path])
+    return paths
+
+
+def read(path: Path) -> Tensor | str:
+    """The image, or why it cannot be had."""
+    if path.is_dir():
+        return f"{path}: a folder without image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+    try:
+        return read_image(path)
+    except UserError as error:
+        return str(error)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    classifier = Classifier(args.checkpoint, device)
+    top_k = min(args.top_k, len(classifier.classes))
+    program = Path(sys.argv[0]).name
+    paths = expand(args.images)
+    progress = tqdm(
+        total=len(paths),
+        unit="image",
+        leave=False,
+        dynamic_ncols=True,
+        disable=not any(path.is_dir() for path in args.images),
+    )
+    predictions, failures = [], 0
+    for start in range(0, len(paths), args.batch_size):
+        chunk = paths[start : start + args.batch_size]
+        images = [read(path) for path in chunk]
+        readable = [image for image in images if isinstance(image, Tensor)]
+        if readable:
+            try:
+                probabilities = classifier.probabilities(torch.stack(readable))
+            except torch.cuda.OutOfMemoryError:
+                raise UserError(
+                    f"out of GPU memory at --batch-size {args.batch_size}; "
+                    f"try --batch-size {max(1, args.batch_size // 2)}"
+                ) from None
+            values, labels = probabilities.topk(top_k, dim=1)
+            tops = iter(zip(values.tolist(), labels.tolist(), strict=True))
+        for path, image in zip(chunk, images, strict=True):
+            if isinstance(image, str):
+                failures += 1
+                predictions.append({"image": str(path), "error": image})
+                tqdm.write(f"{program}: skipped {image}", file=sys.stderr)
+                continue
+            top = [
+                {"class": classifier.classes[label], "label": label, "probability": probability}
+                for probability, label in zip(*next(tops), strict=True)
+            ]
+            predictions.append({"image": str(path), "top": top})
+            if not args.json:
+                listed = ", ".join(f"{t['class']} {100 * t['probability']:.1f} %" for t in top)
+                tqdm.write(f"{path}: {listed}")
+        progress.update(len(chunk))
+    progress.close()
+    if args.json:
+        print(json.dumps(predictions, indent=1))
+    if failures:
+        predicted = len(paths) - failures
+        others = f"; the other {predicted} were predicted" if predicted else ""
+        print(
+            f"{program}: error: {failures} of {len(paths)} inputs could not be read "
+            f"(named above){others}",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    run_cli(main)
