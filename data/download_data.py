@@ -1,18 +1,23 @@
-"""Prepare CIFAR-10 as PNG files plus JSON manifests for training and evaluation.
+"""Prepare CIFAR-10 or CIFAR-100 as PNG files plus JSON manifests for training and evaluation.
 
-    python data/download_data.py [--source PATH] [--out DIR] [--seed N] [--resize]
+    python data/download_data.py [--dataset {cifar10,cifar100}] [--source PATH] [--out DIR]
+                                 [--seed N] [--resize]
 
 Without --source the official python archive is downloaded (MD5 checked) with torchvision.
 --source takes, for machines without internet:
-  - the official cifar-10-python.tar.gz or its extracted cifar-10-batches-py/ folder;
+  - the official cifar-10-python.tar.gz or its extracted cifar-10-batches-py/ folder
+    (cifar-100-python.tar.gz or cifar-100-python/ with --dataset cifar100);
   - an image-folder tree train/<class>/*.{png,jpg,jpeg} and test/<class>/*, or a .tar/.tar.gz
-    of one (such as ../shared/data/cifar10-jpeg.tar.gz).
+    of one (such as ../shared/data/cifar10-jpeg.tar.gz). CIFAR-100 class folders are named
+    after its 100 fine classes.
 
-The dataset goes into <out>/cifar10/ (<out> defaults to the folder of this script):
+The dataset goes into <out>/cifar10/ or <out>/cifar100/ (<out> defaults to the folder of this
+script):
     images/{train,valid,test}/<class>/<index>.png
-    classes.json                class names in label order
+    classes.json                class names in label order (CIFAR-100: the fine labels)
     train_img2labels.json       image path (relative to the manifest) -> label index
     valid_img2labels.json       a stratified, seeded part of the official training set
+                                (1,000 per class for CIFAR-10, 100 for CIFAR-100)
     test_img2labels.json        the official test set
     prepared.json               what the folder was made from (source, seed), written last
 
@@ -63,6 +68,8 @@ class DatasetSpec:
     filename: str
     md5: str
     archive_folder: str
+    torchvision_dataset: str
+    """The torchvision class that reads (and MD5-checks) the extracted official archive."""
     train_per_class: int
     valid_per_class: int
 
@@ -89,9 +96,42 @@ CIFAR10 = DatasetSpec(
     filename="cifar-10-python.tar.gz",
     md5="c58f30108f718f92721af3b95e74349a",
     archive_folder="cifar-10-batches-py",
+    torchvision_dataset="CIFAR10",
     train_per_class=5000,
     valid_per_class=1000,
 )
+
+# The fine labels in label order, as fine_label_names in the archive's meta file.
+# fmt: off
+CIFAR100_FINE_LABELS = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
+    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
+    "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch",
+    "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox",
+    "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard",
+    "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse",
+    "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck",
+    "pine_tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray",
+    "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail",
+    "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
+    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle",
+    "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)
+# fmt: on
+
+CIFAR100 = DatasetSpec(
+    name="cifar100",
+    classes=CIFAR100_FINE_LABELS,
+    url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    filename="cifar-100-python.tar.gz",
+    md5="eb9058c3a382ffc7106e4002c42a8d85",
+    archive_folder="cifar-100-python",
+    torchvision_dataset="CIFAR100",
+    train_per_class=500,
+    valid_per_class=100,
+)
+
+DATASETS = {spec.name: spec for spec in (CIFAR10, CIFAR100)}
 
 
 class SourceError(Exception):
@@ -184,14 +224,18 @@ def is_prepared(dataset_dir: Path, stamp: dict) -> bool:
 
 
 def load_official(folder: Path, spec: DatasetSpec, shown: str) -> Samples:
-    """Read an extracted official archive with torchvision, which checks every file's MD5."""
-    from torchvision.datasets import CIFAR10 as OfficialCIFAR10
+    """Read an extracted official archive with torchvision, which checks every file's MD5.
 
+    CIFAR-100 targets are its fine labels.
+    """
+    import torchvision.datasets
+
+    official = getattr(torchvision.datasets, spec.torchvision_dataset)
     if folder.name == spec.archive_folder:
         folder = folder.parent
     try:
-        train = OfficialCIFAR10(str(folder), train=True, download=False)
-        test = OfficialCIFAR10(str(folder), train=False, download=False)
+        train = official(str(folder), train=True, download=False)
+        test = official(str(folder), train=False, download=False)
     except (RuntimeError, OSError, ValueError, KeyError, EOFError) as error:
         raise SourceError(
             f"{shown} is not the official {spec.name} python archive "
@@ -288,10 +332,21 @@ def tar_files(tar: tarfile.TarFile) -> Iterator[tuple[PurePosixPath, bytes]]:
                 yield relative, stream.read()
 
 
+def refuse_other_archive(names: set[str], spec: DatasetSpec, shown: str) -> None:
+    """The official archive of the other CIFAR would otherwise read as a bad image folder."""
+    for other in DATASETS.values():
+        if other is not spec and other.archive_folder in names:
+            raise SourceError(
+                f"{shown} is the official {other.name} archive, not {spec.name}; "
+                f"pass --dataset {other.name}"
+            )
+
+
 def load_source(source: Path, spec: DatasetSpec, shown: str, work_dir: Path) -> Samples:
     if source.is_dir():
         if source.name == spec.archive_folder or (source / spec.archive_folder).is_dir():
             return load_official(source, spec, shown)
+        refuse_other_archive({source.name, *(p.name for p in source.iterdir())}, spec, shown)
         return load_image_folder(folder_files(source), spec, shown)
     try:
         with tarfile.open(source) as tar:
@@ -299,6 +354,7 @@ def load_source(source: Path, spec: DatasetSpec, shown: str, work_dir: Path) -> 
             for relative, content in tar_files(tar):
                 if spec.archive_folder in relative.parts:
                     return extract_official(source, spec, shown, work_dir)
+                refuse_other_archive(set(relative.parts), spec, shown)
                 files[relative] = content
     except (tarfile.TarError, OSError, EOFError) as error:
         raise SourceError(f"{shown} is not a readable tar archive ({one_line(error)})") from None
@@ -449,19 +505,28 @@ def prepare(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Prepare CIFAR-10 as PNG images and train/valid/test JSON manifests."
+        description="Prepare CIFAR-10 or CIFAR-100 as PNG images and train/valid/test JSON "
+        "manifests."
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=CIFAR10.name,
+        help="cifar10, or cifar100 with its 100 fine labels (default: cifar10)",
     )
     parser.add_argument(
         "--source",
         type=Path,
-        help="a local copy instead of downloading: cifar-10-python.tar.gz, cifar-10-batches-py/, "
-        "or an image-folder tree train/<class>/*, test/<class>/* (PNG or JPEG) or a tarball of one",
+        help="a local copy instead of downloading: cifar-10-python.tar.gz, cifar-10-batches-py/ "
+        "(cifar-100-python.tar.gz, cifar-100-python/ for cifar100), or an image-folder tree "
+        "train/<class>/*, test/<class>/* (PNG or JPEG) or a tarball of one",
     )
     parser.add_argument(
         "--out",
         type=Path,
         default=Path(__file__).resolve().parent,
-        help="folder that receives the dataset folder cifar10/ (default: this script's folder)",
+        help="folder that receives the dataset folder cifar10/ or cifar100/ "
+        "(default: this script's folder)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the train/valid split (default: 0)"
@@ -480,7 +545,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    spec = CIFAR10
+    spec = DATASETS[args.dataset]
     started = time.perf_counter()
     try:
         dataset_dir = prepare(spec, args.source, args.out, args.seed, args.resize)
