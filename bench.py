@@ -32,8 +32,15 @@ from dataloader import (
     read_classes,
 )
 from models import build_model, count_macs
-from train import training_step
-from utils import non_negative_int, positive_float, positive_int, resolve_device, run_cli
+from train import log, training_step
+from utils import (
+    all_reduce_sum,
+    init_distributed,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+)
 
 DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "cifar10"
 # Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs this benchmark knows by name.
@@ -152,7 +159,7 @@ def bench_train(args: argparse.Namespace) -> None:
             *("--batch-size", str(args.batch_size), "--device", args.device),
         ]
     )
-    device = resolve_device(run.device)
+    rank, world_size, device = init_distributed(run.device)
     amp = device.type == "cuda" if args.amp is None else args.amp
     compiled = device.type == "cuda" if args.compile is None else args.compile
     torch.backends.cudnn.benchmark = True
@@ -169,45 +176,56 @@ def bench_train(args: argparse.Namespace) -> None:
     flops_per_image = 6 * count_macs(reference, 32)  # forward 2 per MAC, backward 4
     peak = peak_tflops(device, args.peak_tflops)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(
-        f"{run.model} (width {run.width}), batch {run.batch_size}, {device} ({name}), "
-        f"{flops_per_image / 6e6:.1f} M MACs per image, {args.steps} steps after {args.warmup}",
-        flush=True,
+    log(
+        f"{run.model} (width {run.width}), batch {run.batch_size} per process, "
+        f"{world_size} process(es) on {device.type} ({name}), "
+        f"{flops_per_image / 6e6:.1f} M MACs per image, {args.steps} steps after {args.warmup}"
     )
 
     ours = fresh_model(True)
     loader = DeviceLoader(
         images, labels, run.batch_size, mean=mean, std=std, train=True, device=device,
-        channels_last=True,
+        channels_last=True, rank=rank, world_size=world_size,
     )  # fmt: skip
     optimizer = train.make_optimizer(run, ours, device)
-    model = train.compile_model(ours) if compiled else ours
+    model = train.distribute(ours, device)
+    model = train.compile_model(model) if compiled else model
     ours_rate = training_rate(model, loader, optimizer, amp, device, args.steps, args.warmup)
 
     seed_loader = seed_style_loader(run.data, run.batch_size, args.workers, mean, std, device)
     seed_optimizer = torch.optim.SGD(
         reference.parameters(), lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay
     )
+    seed_model = train.distribute(reference, device)
     seed_rate = training_rate(
-        reference, seed_loader, seed_optimizer, False, device, args.steps, args.warmup
+        seed_model, seed_loader, seed_optimizer, False, device, args.steps, args.warmup
     )
+    # Every process measured its own rate; the totals are their sums.
+    ours_rate, seed_rate = all_reduce_sum(torch.tensor([ours_rate, seed_rate])).tolist()
 
     features = ", ".join(
         ["data on the device", "channels-last"]
         + (["bf16"] if amp else [])
         + (["torch.compile"] if compiled else [])
     )
-    print(f"{'pipeline':<72} {'images/s':>10} {'TFLOP/s':>8} {'of peak':>8}")
+    header = f"{'pipeline':<72} {'images/s':>10} {'TFLOP/s':>8} {'of peak':>8}"
+    if world_size > 1:
+        header += f" {'images/s per process':>21}"
+    log(header)
     for label, rate in (
         (f"this repository ({features})", ours_rate),
         (f"seed-style (DataLoader + PIL, {args.workers} workers, fp32, NCHW, eager)", seed_rate),
     ):
         tflops = rate * flops_per_image / 1e12
-        share = f"{100 * tflops / peak:.1f} %" if peak else "-"
-        print(f"{label:<72} {rate:>10,.0f} {tflops:>8.3g} {share:>8}")
+        share = f"{100 * tflops / (peak * world_size):.1f} %" if peak else "-"
+        line = f"{label:<72} {rate:>10,.0f} {tflops:>8.3g} {share:>8}"
+        if world_size > 1:
+            line += f" {rate / world_size:>21,.0f}"
+        log(line)
     if not peak:
-        print("peak unknown for this device: pass --peak-tflops to see the fraction")
-    print(f"ratio: {ours_rate / seed_rate:.2f}x")
+        log("peak unknown for this device: pass --peak-tflops to see the fraction")
+    log(f"ratio: {ours_rate / seed_rate:.2f}x")
+    train.shutdown_distributed()
 
 
 def bench_tta(args: argparse.Namespace) -> None:

@@ -22,7 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from dataloader import (
@@ -36,17 +38,19 @@ from dataloader import (
 from models import SWITCHES, build_model, check_width, model_names, switch_kwargs
 from utils import (
     UserError,
+    all_reduce_sum,
     atomic_write,
     autocast,
     count_topk_correct,
     evaluate,
     first_line,
+    init_distributed,
+    is_main_process,
     load_checkpoint,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
-    resolve_device,
     run_cli,
     save_checkpoint,
     seed_everything,
@@ -84,6 +88,7 @@ SCHEDULES = ("step", "cosine", "onecycle")
 # they may differ between a run and its --resume.
 RESUMABLE_CHANGES = {
     "compile",
+    "sync_bn",
     "resume",
     "overwrite",
     "device",
@@ -188,6 +193,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="NHWC memory format, faster on GPUs and CPUs alike",
     )
     add("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: on CUDA)")
+    add("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun")
     add("--deterministic", action="store_true", help="deterministic kernels (slower)")
     # A preset replaces the defaults; flags given on the command line still win.
     preset = parser.parse_known_args(argv)[0].preset
@@ -243,7 +249,7 @@ def make_scheduler(
     return sched.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
-def prepare_output(args: argparse.Namespace, out: Path) -> dict | None:
+def prepare_output(args: argparse.Namespace, out: Path, main_process: bool) -> dict | None:
     """Returns the checkpoint to resume from; refuses to overwrite a run by accident."""
     last = out / "last.pt"
     if args.resume:
@@ -268,8 +274,9 @@ def prepare_output(args: argparse.Namespace, out: Path) -> dict | None:
         raise UserError(
             f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
-    for path in [*(out / name for name in OUTPUT_FILES), *out.glob("confusion_*.png")]:
-        path.unlink(missing_ok=True)
+    if main_process:
+        for path in [*(out / name for name in OUTPUT_FILES), *out.glob("confusion_*.png")]:
+            path.unlink(missing_ok=True)
     return None
 
 
@@ -324,6 +331,7 @@ def train_one_epoch(
         total=len(loader),
         leave=False,
         dynamic_ncols=True,
+        disable=not is_main_process(),
     )
     model.train()
     for step, (images, labels) in enumerate(bar, start=loader.step):
@@ -336,8 +344,12 @@ def train_one_epoch(
         )
         hits = count_topk_correct(logits, labels)
         totals += torch.cat([loss.reshape(1) * len(labels), hits.float()])
-        if step % PROGRESS_EVERY == 0 or step == len(loader) - 1 or stop.signal:
-            if (bad_step := int(first_nonfinite)) != NO_STEP:
+        # Ranks decide together, at the same steps, so none waits for the others forever.
+        at_check = step % PROGRESS_EVERY == 0 or step == len(loader) - 1
+        stopping = False
+        if at_check or (stop.signal and not dist.is_initialized()):
+            bad_step, stopping = agree(first_nonfinite, stop.signal is not None)
+            if bad_step != NO_STEP:
                 raise UserError(
                     f"the loss is not finite (NaN or inf) at epoch {epoch + 1}, "
                     f"step {bad_step + 1}: training stopped; last.pt and best.pt keep the "
@@ -345,17 +357,54 @@ def train_one_epoch(
                 )
             loss_sum, top1, _ = totals.tolist()
             bar.set_postfix(loss=f"{loss_sum / samples:.3f}", top1=f"{100 * top1 / samples:.1f}")
-        if warn and step == 3:
+        if warn and step == 3 and is_main_process():
             per_step = (time.perf_counter() - started) / 4
             tqdm.write(
                 f"warning: training on the CPU, about {per_step * len(loader) / 60:.1f} min per "
                 "epoch at this rate; a CUDA GPU is much faster"
             )
-        if stop.signal:
+        if stopping:
             break
     bar.close()
     seconds = progress["seconds"] + time.perf_counter() - started
     return {**progress, "totals": totals, "samples": samples, "seconds": seconds}
+
+
+def distribute(model: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel under torchrun: gradients are averaged over the processes."""
+    if not dist.is_initialized():
+        return model
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.index is not None else None
+    )
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def agree(first_nonfinite: torch.Tensor, stopping: bool) -> tuple[int, bool]:
+    """(first step with a non-finite loss on any process, whether any process must stop)."""
+    flags = torch.stack(
+        [first_nonfinite, torch.tensor(-int(stopping), device=first_nonfinite.device)]
+    )
+    if dist.is_initialized():
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    bad_step, stop = flags.tolist()
+    return bad_step, stop < 0
+
+
+def gather_progress(progress: dict) -> dict:
+    """The epoch's sums over all processes, so every process logs the same numbers."""
+    samples = torch.tensor([progress["samples"]], device=progress["totals"].device)
+    totals = all_reduce_sum(progress["totals"])
+    return {**progress, "totals": totals, "samples": int(all_reduce_sum(samples))}
+
+
+def log(message: str) -> None:
+    if is_main_process():
+        tqdm.write(message)
 
 
 def resume_command() -> str:
@@ -387,13 +436,16 @@ def compile_model(model: nn.Module) -> nn.Module:
 def train(args: argparse.Namespace, on_epoch: Callable | None = None) -> None:
     """Runs training as ``args`` says. ``on_epoch(row, evaluate_split)``, called after each
     epoch's checkpoint, may return True to end the run early (bench.py tta uses it)."""
-    device = resolve_device(args.device)
+    rank, world_size, device = init_distributed(args.device)
+    main_process = rank == 0
+    if args.sync_bn and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA GPUs: SyncBatchNorm has no CPU implementation")
     if args.amp is None:
         args.amp = device.type == "cuda"
     if args.compile is None:
         args.compile = device.type == "cuda"
     out = Path(args.out)
-    checkpoint = prepare_output(args, out)
+    checkpoint = prepare_output(args, out, main_process)
     seed_everything(args.seed, args.deterministic)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -407,7 +459,8 @@ def train(args: argparse.Namespace, on_epoch: Callable | None = None) -> None:
             "(other classes or another training split)"
         )
     if checkpoint and checkpoint["epoch"] >= args.epochs:
-        print(f"{out} holds a finished run ({checkpoint['epoch']} epochs); nothing to do")
+        if main_process:
+            print(f"{out} holds a finished run ({checkpoint['epoch']} epochs); nothing to do")
         return
     train_images, train_labels = load_split(args.data, "train")
     valid_images, valid_labels = load_split(args.data, "valid")
@@ -416,7 +469,14 @@ def train(args: argparse.Namespace, on_epoch: Callable | None = None) -> None:
         keep = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(args.seed))
         keep = keep[: args.train_subset]
         train_images, train_labels = train_images[keep], train_labels[keep]
-    loader_args = {"mean": mean, "std": std, "device": device, "channels_last": args.channels_last}
+    loader_args = {
+        "mean": mean,
+        "std": std,
+        "device": device,
+        "channels_last": args.channels_last,
+        "rank": rank,
+        "world_size": world_size,
+    }
     train_loader = DeviceLoader(
         train_images,
         train_labels,
@@ -442,9 +502,14 @@ def train(args: argparse.Namespace, on_epoch: Callable | None = None) -> None:
     model = build_model(model_spec["name"], **model_spec["kwargs"]).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if args.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = make_optimizer(args, model, device)
-    # Training steps run compiled; evaluation runs the same weights eagerly, as eval.py does.
-    train_model = compile_model(model) if args.compile else model
+    # Training steps run compiled (and data-parallel under torchrun); evaluation runs the
+    # same weights eagerly, as eval.py does.
+    train_model = distribute(model, device)
+    if args.compile:
+        train_model = compile_model(train_model)
     scheduler = make_scheduler(args, optimizer, len(train_loader))
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
@@ -459,12 +524,21 @@ def train(args: argparse.Namespace, on_epoch: Callable | None = None) -> None:
         random.setstate(checkpoint["rng"]["python"])
         if device.type == "cuda" and checkpoint["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        step = partial["loader"]["step"] if partial else 0
-        print(f"resuming {out} at epoch {start_epoch + 1}, step {step + 1}")
-    print(
-        f"{args.model} (width {args.width}) on {device}, {len(train_labels)} training images, "
-        f"{len(valid_labels)} validation images, {len(train_loader)} steps per epoch"
-    )
+        if partial and len(partial["loaders"]) != world_size:
+            raise UserError(
+                f"--resume: {out / 'last.pt'} stopped in the middle of an epoch with "
+                f"{len(partial['loaders'])} processes; resume it with as many"
+            )
+        step = partial["loaders"][rank]["step"] if partial else 0
+        if main_process:
+            print(f"resuming {out} at epoch {start_epoch + 1}, step {step + 1}")
+    if main_process:
+        processes = f" x {world_size} processes" if world_size > 1 else ""
+        print(
+            f"{args.model} (width {args.width}) on {device}{processes}, {len(train_labels)} "
+            f"training images, {len(valid_labels)} validation images, "
+            f"{len(train_loader)} steps per epoch"
+        )
 
     def state(epoch: int, partial: dict | None) -> dict:
         return {
@@ -499,8 +573,12 @@ def train(args: argparse.Namespace, on_epoch: Callable | None = None) -> None:
     for epoch in range(start_epoch, args.epochs):
         train_loader.set_epoch(epoch)
         if partial:
-            train_loader.load_state_dict(partial["loader"])
-            progress = {**partial["progress"], "totals": partial["progress"]["totals"].to(device)}
+            train_loader.load_state_dict(partial["loaders"][rank])
+            # The sums so far were gathered on the first process; the others start from zero.
+            saved = partial["progress"]
+            totals = saved["totals"].to(device) if main_process else torch.zeros(3, device=device)
+            samples = saved["samples"] if main_process else 0
+            progress = {**saved, "totals": totals, "samples": samples}
             partial = None
         else:
             lr = optimizer.param_groups[0]["lr"]
@@ -524,16 +602,24 @@ def train(args: argparse.Namespace, on_epoch: Callable | None = None) -> None:
                 f"out of GPU memory at --batch-size {args.batch_size}; "
                 f"try --batch-size {max(1, args.batch_size // 2)}"
             ) from None
+        progress = gather_progress(progress)
         if train_loader.step < len(train_loader):
-            progress["totals"] = progress["totals"].cpu()
-            saved = {"loader": train_loader.state_dict(), "progress": progress}
-            save_checkpoint(state(epoch, saved), out / "last.pt")
-            print(
-                f"{signal.Signals(stop.signal).name}: stopped at epoch {epoch + 1}, step "
-                f"{train_loader.step}; saved {out / 'last.pt'}. Resume with:\n  {resume_command()}",
-                file=sys.stderr,
-            )
-            sys.exit(128 + stop.signal)
+            loaders = [train_loader.state_dict()]
+            if dist.is_initialized():
+                loaders = [None] * world_size
+                dist.all_gather_object(loaders, train_loader.state_dict())
+            if main_process:
+                progress["totals"] = progress["totals"].cpu()
+                saved = {"loaders": loaders, "progress": progress}
+                save_checkpoint(state(epoch, saved), out / "last.pt")
+                print(
+                    f"{signal.Signals(stop.signal or signal.SIGTERM).name}: stopped at epoch "
+                    f"{epoch + 1}, step {train_loader.step}; saved {out / 'last.pt'}. "
+                    f"Resume with:\n  {resume_command()}",
+                    file=sys.stderr,
+                )
+            shutdown_distributed()
+            sys.exit(128 + (stop.signal or signal.SIGTERM))
 
         valid = evaluate(model, valid_loader, len(classes), device, args.amp)
         loss_sum, top1, top5 = progress["totals"].tolist()
@@ -555,11 +641,12 @@ def train(args: argparse.Namespace, on_epoch: Callable | None = None) -> None:
         history.append(row)
         is_best = valid["top1"] > best_top1
         best_top1 = max(best_top1, valid["top1"])
-        save_checkpoint(state(epoch + 1, None), out / "last.pt")
-        if is_best:
-            atomic_write(out / "best.pt", lambda tmp: shutil.copyfile(out / "last.pt", tmp))
-        write_history(history, out)
-        tqdm.write(
+        if main_process:
+            save_checkpoint(state(epoch + 1, None), out / "last.pt")
+            if is_best:
+                atomic_write(out / "best.pt", lambda tmp: shutil.copyfile(out / "last.pt", tmp))
+            write_history(history, out)
+        log(
             f"epoch {epoch + 1}/{args.epochs}  lr {row['lr']:.4g}  "
             f"train loss {row['train_loss']:.3f} top-1 {row['train_top1']:.2f} "
             f"top-5 {row['train_top5']:.2f}  valid loss {valid['loss']:.3f} "
@@ -568,7 +655,8 @@ def train(args: argparse.Namespace, on_epoch: Callable | None = None) -> None:
         )
         if on_epoch and on_epoch(row, evaluate_split):
             break
-    print(f"done: best valid top-1 {best_top1:.2f} %; checkpoints and plots in {out}")
+    log(f"done: best valid top-1 {best_top1:.2f} %; checkpoints and plots in {out}")
+    shutdown_distributed()
 
 
 def main(argv: list[str] | None = None) -> None:

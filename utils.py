@@ -15,6 +15,7 @@ from pathlib import Path
 
 import matplotlib
 import torch
+import torch.distributed as dist
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor, nn
 
@@ -85,6 +86,32 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun every process joins the process group
+    (NCCL between GPUs, one GPU per process; gloo on CPUs); otherwise (0, 1, device)."""
+    device = resolve_device(device_name)
+    if "LOCAL_RANK" not in os.environ:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def is_main_process() -> bool:
+    """Only the first process prints and writes files."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sums a tensor over all processes, in place; a single process keeps it as it is."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks the GPU when there is one."""
     if name == "auto":
@@ -134,6 +161,8 @@ def evaluate(
         confusion += torch.bincount(
             labels * num_classes + logits.argmax(1), minlength=num_classes * num_classes
         )
+    for total in (loss_sum, correct, confusion):
+        all_reduce_sum(total)  # each process evaluated its own shard of the split
     confusion = confusion.view(num_classes, num_classes).cpu()
     samples = int(confusion.sum())
     top1, top5 = (100.0 * correct.cpu().double() / max(samples, 1)).tolist()
