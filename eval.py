@@ -28,7 +28,7 @@ SPLITS = ("train", "valid", "test")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Evaluate a FishNet checkpoint on CIFAR-10.",
+        description="Evaluate a checkpoint written by train.py.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument

@@ -72,6 +72,17 @@ def run_script(script: str, *args, timeout: int = 600) -> subprocess.CompletedPr
     )
 
 
+def one_line_error(result: subprocess.CompletedProcess, *phrases: str) -> None:
+    """Exit status 2 and one error line holding every phrase; progress bars may stand before
+    it, but no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1, result.stderr
+    for phrase in phrases:
+        assert phrase in errors[0], errors[0]
+
+
 def without_timing(history: list[dict]) -> list[dict]:
     """A run's history less the fields that measure time, which no two runs share."""
     timing = {"images_per_sec", "epoch_time", "elapsed"}

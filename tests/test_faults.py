@@ -15,20 +15,10 @@ import time
 
 import pytest
 import torch
-from conftest import REPO_ROOT, SMALL, run_download_data, run_script, without_timing
+from conftest import REPO_ROOT, SMALL, one_line_error, run_download_data, run_script, without_timing
 
 import train
 import utils
-
-
-def one_line_error(result: subprocess.CompletedProcess, *phrases: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    # Progress bars may stand before it; the error itself is one line.
-    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
-    assert len(errors) == 1, result.stderr
-    for phrase in phrases:
-        assert phrase in errors[0], errors[0]
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from conftest import (
     REPO_ROOT,
     SHARED_TARBALL,
     SMALL,
+    one_line_error,
     run_download_data,
     run_script,
 )
@@ -22,15 +23,6 @@ from PIL import Image
 from dataloader import DeviceLoader, load_split, read_manifest
 from predict import Classifier, read_image
 from utils import load_checkpoint, model_from_checkpoint
-
-
-def one_line_error(result: subprocess.CompletedProcess, *phrases: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1, result.stderr
-    for phrase in phrases:
-        assert phrase in errors[0], errors[0]
 
 
 def train(data: Path, out: Path, *args: str) -> Path:
