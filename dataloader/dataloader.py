@@ -123,6 +123,16 @@ def read_manifest(path: str | os.PathLike, num_classes: int | None = None) -> li
     return entries
 
 
+def open_rgb(manifest: Path, image_path: Path) -> Image.Image:
+    """A manifest's image as RGB; one that cannot be decoded is a DataError naming both."""
+    try:
+        with Image.open(image_path) as opened:
+            return opened.convert("RGB")
+    except OSError as error:
+        reason = " ".join(str(error).split())
+        raise DataError(f"{manifest}: cannot decode image {image_path} ({reason})") from None
+
+
 class ManifestDataset(Dataset):
     """(PIL RGB image or transform(image), label) for every entry of a manifest."""
 
@@ -137,13 +147,7 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[object, int]:
         image_path, label = self.samples[index]
-        try:
-            with Image.open(image_path) as opened:
-                image = opened.convert("RGB")
-        except OSError as error:
-            raise DataError(
-                f"{self.manifest_path}: cannot decode image {image_path} ({error})"
-            ) from None
+        image = open_rgb(self.manifest_path, image_path)
         if self.transform is not None:
             image = self.transform(image)
         return image, label
@@ -204,13 +208,7 @@ def load_split(data_dir: str | os.PathLike, split: str) -> tuple[torch.Tensor, t
     entries = read_manifest(manifest)
     pixels = np.empty((len(entries), 32, 32, 3), dtype=np.uint8)
     for index, (image_path, _) in enumerate(entries):
-        try:
-            with Image.open(image_path) as opened:
-                image = opened.convert("RGB")
-        except OSError as error:
-            raise DataError(
-                f"{manifest}: cannot decode image {image_path} ({' '.join(str(error).split())})"
-            ) from None
+        image = open_rgb(manifest, image_path)
         if image.size != (32, 32):
             raise DataError(
                 f"{manifest}: image {image_path} is {image.width}x{image.height}, not 32x32"
