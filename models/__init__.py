@@ -4,11 +4,15 @@ from collections.abc import Mapping
 
 from torch import nn
 
+from .blocks import INITS
 from .complexity import count_macs, count_parameters
+from .features import FeatureInfo, FeatureListNet
 from .fishnet import CONFIGS, SWITCHES, FishNet, check_width, fishnet99, fishnet150, fishnet201
 from .resnet import PreActResNet, resnet50, resnet101
+from .timm_registry import register_with_timm
 
 MODELS = {f.__name__: f for f in (fishnet99, fishnet150, fishnet201, resnet50, resnet101)}
+register_with_timm(MODELS)
 
 
 def model_names() -> list[str]:
@@ -16,7 +20,8 @@ def model_names() -> list[str]:
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """Builds a registered model; kwargs are the factory's (num_classes, stem, width)."""
+    """Builds a registered model; kwargs are the factory's: num_classes, stem, width, init
+    (:data:`INITS`), FishNet's ablation switches, and timm's features_only and out_indices."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     return MODELS[name](**kwargs)
@@ -54,8 +59,11 @@ def switch_kwargs(name: str, options: Mapping[str, object]) -> dict:
 
 
 __all__ = [
+    "INITS",
     "MODELS",
     "SWITCHES",
+    "FeatureInfo",
+    "FeatureListNet",
     "FishNet",
     "PreActResNet",
     "build_model",

@@ -336,7 +336,7 @@ class ClassifierHead(nn.Module):
         return self.fc(self.pool(self.neck(x))).flatten(1)
 
 
-def init_weights(model: nn.Module) -> None:
+def init_authors(model: nn.Module) -> None:
     """The initialisation of the authors' release: He normal by fan-out, BN at identity.
 
     Transposed convolutions (only in the ``deconv`` ablation) get the same He normal.
@@ -352,3 +352,39 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+
+def init_identity(model: nn.Module) -> None:
+    """The authors' initialisation, then every residual unit starts as its shortcut.
+
+    Only the bottlenecks add a branch onto a shortcut: zeroing the last convolution of each
+    branch makes every unit output its shortcut (the identity, r(x) or the projection), so
+    a transfer block starts as the identity and the signal reaches the classifier through
+    shortcuts alone. Projection shortcuts, the bridge's score and gate and the samplings
+    are the path itself, not a branch beside it, and keep their He init. The classifier's
+    small (not zero) weights give logits near zero, a loss near ln(classes), and still
+    pass a gradient to the zeroed convolutions, so every parameter trains from the second
+    step on.
+    """
+    init_authors(model)
+    for module in model.modules():
+        if isinstance(module, Bottleneck):
+            nn.init.zeros_(module.residual[-1].weight)
+    classifier = model.get_classifier()
+    nn.init.normal_(classifier.weight, std=CLASSIFIER_STD)
+    nn.init.zeros_(classifier.bias)
+
+
+CLASSIFIER_STD = 1e-3
+INITIALIZERS = {"authors": init_authors, "identity": init_identity}
+INITS = tuple(INITIALIZERS)
+"""Initialisations of a model's weights (:func:`init_weights`); the first is the default."""
+
+
+def init_weights(model: nn.Module, init: str = "authors") -> None:
+    """Initialises ``model`` in place as ``init`` (one of :data:`INITS`) says.
+
+    The model must have ``get_classifier()``, its layer that outputs the logits.
+    """
+    check_choice("init", init, INITS)
+    INITIALIZERS[init](model)

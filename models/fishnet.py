@@ -30,6 +30,7 @@ from .blocks import (
     make_bridge,
     make_stem,
 )
+from .features import FeatureInfo, as_backbone, feature_entry
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,13 @@ class FishNet(nn.Module):
     ``forward_features`` returns the map of every stage, keyed ``stem``, ``tail1``..,
     ``bridge``, ``body1``.., ``head1``..; ``feature_info`` gives each one's channels
     and its down-sampling factor relative to the input, so the network serves as a
-    backbone for detection or segmentation. ``forward_head`` maps those features to
-    logits.
+    backbone for detection or segmentation (timm's keys ``num_chs``, ``reduction``,
+    ``module``; the factories' ``features_only=True`` gives timm's feature-list model).
+    ``forward_head`` maps those features to logits.
+
+    ``init`` is the initialisation, one of :data:`~models.blocks.INITS`: ``"authors"``
+    (their release's) or ``"identity"`` (every residual unit starts as its shortcut, the
+    classifier near zero), see :func:`~models.blocks.init_weights`.
 
     The keyword-only ablation switches (:data:`SWITCHES`) default to the paper's choices:
 
@@ -124,6 +130,7 @@ class FishNet(nn.Module):
         body_dilation: bool = True,
         transfer: bool = True,
         bridge: str = "se",
+        init: str = "authors",
     ) -> None:
         super().__init__()
         self.switches = {
@@ -149,6 +156,7 @@ class FishNet(nn.Module):
         channels = [planes[0]]
         reduction = [4 if stem == "imagenet" else 1]
         names = ["stem"]
+        modules = ["stem"]
 
         self.tail = nn.ModuleList()
         for i in range(num_tail):
@@ -156,6 +164,7 @@ class FishNet(nn.Module):
             channels.append(planes[i + 1])
             reduction.append(reduction[-1] * 2)
             names.append(f"tail{i + 1}")
+            modules.append(f"tail.{i}")
 
         if planes[num_tail + 1] != channels[-1]:
             raise ValueError("the bridge must keep the channels of the last tail stage")
@@ -163,6 +172,7 @@ class FishNet(nn.Module):
         channels.append(channels[-1])
         reduction.append(reduction[-1])
         names.append("bridge")
+        modules.append("bridge")
 
         self.body = nn.ModuleList()
         self.head = nn.ModuleList()
@@ -186,6 +196,7 @@ class FishNet(nn.Module):
                 self.body.append(block)
                 reduction.append(reduction[-1] // 2)
                 names.append(f"body{j + 1}")
+                modules.append(f"body.{j}")
             else:
                 block = DownRefine(
                     in_channels,
@@ -198,23 +209,25 @@ class FishNet(nn.Module):
                 self.head.append(block)
                 reduction.append(reduction[-1] * 2)
                 names.append(f"head{j - num_body + 1}")
+                modules.append(f"head.{j - num_body}")
             if reduction[source] != reduction[-1]:
                 raise ValueError(f"stage {stage} concatenates a feature of another resolution")
             channels.append(out_channels + channels[source])
 
         self.classifier = ClassifierHead(channels[-1], num_classes)
-        self.feature_info = [
-            {"name": n, "channels": c, "reduction": r}
-            for n, c, r in zip(names, channels, reduction, strict=True)
-        ]
-        init_weights(self)
+        self.feature_info = FeatureInfo(
+            feature_entry(*entry) for entry in zip(names, channels, reduction, modules, strict=True)
+        )
+        init_weights(self, init)
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         feats = [self.stem(x)]
         for stage in self.tail:
             feats.append(stage(feats[-1]))
-        feats.append(self.bridge(feats[-1]))
-        for stage, source in zip([*self.body, *self.head], self.transfer_sources, strict=True):
+        if self.bridge is not None:
+            feats.append(self.bridge(feats[-1]))
+        # Not strict: a truncated backbone (see truncate) has fewer body and head stages.
+        for stage, source in zip([*self.body, *self.head], self.transfer_sources, strict=False):
             feats.append(stage(feats[-1], feats[source]))
         return {info["name"]: feat for info, feat in zip(self.feature_info, feats, strict=True)}
 
@@ -223,6 +236,23 @@ class FishNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        """The layer that outputs the logits (timm's name for it)."""
+        return self.classifier.fc
+
+    def truncate(self, num_features: int) -> None:
+        """Keeps the stages up to feature ``num_features - 1`` and drops the later stages and
+        the classifier: a backbone whose parameters all take part in ``forward_features``."""
+        first_body = len(self.tail) + 2  # feature index of the first body stage
+        first_head = first_body + len(self.body)
+        del self.tail[num_features - 1 :]
+        if num_features < first_body:
+            self.bridge = None
+        del self.body[max(num_features - first_body, 0) :]
+        del self.head[max(num_features - first_head, 0) :]
+        self.classifier = None
+        self.feature_info = FeatureInfo(self.feature_info[:num_features])
 
 
 def check_width(width: float) -> None:
@@ -236,7 +266,15 @@ def scale_channels(channels: int, width: float) -> int:
     return round(channels * width)
 
 
-def _fishnet(name: str, num_classes: int, stem: str, width: float, **switches) -> FishNet:
+def _fishnet(
+    name: str,
+    num_classes: int,
+    stem: str,
+    width: float,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
+    **kwargs,
+) -> nn.Module:
     config = CONFIGS[name]
     if width != 1:
         config = FishConfig(
@@ -245,24 +283,26 @@ def _fishnet(name: str, num_classes: int, stem: str, width: float, **switches) -
             config.transfer_units,
             config.transfer_sources,
         )
-    return FishNet(config, num_classes=num_classes, stem=stem, **switches)
+    model = FishNet(config, num_classes=num_classes, stem=stem, **kwargs)
+    return as_backbone(model, features_only, out_indices)
 
 
-# The factories take FishNet's ablation switches as keyword arguments (SWITCHES; default: the
-# paper's), e.g. fishnet99(bridge="none").
+# The factories take FishNet's keyword arguments: the ablation switches (SWITCHES; default:
+# the paper's), e.g. fishnet99(bridge="none"), and init; and timm's features_only and
+# out_indices, which make them return a FeatureListNet.
 def fishnet99(
-    num_classes: int = 10, stem: str = "cifar", width: float = 1.0, **switches
-) -> FishNet:
-    return _fishnet("fishnet99", num_classes, stem, width, **switches)
+    num_classes: int = 10, stem: str = "cifar", width: float = 1.0, **kwargs
+) -> nn.Module:
+    return _fishnet("fishnet99", num_classes, stem, width, **kwargs)
 
 
 def fishnet150(
-    num_classes: int = 10, stem: str = "cifar", width: float = 1.0, **switches
-) -> FishNet:
-    return _fishnet("fishnet150", num_classes, stem, width, **switches)
+    num_classes: int = 10, stem: str = "cifar", width: float = 1.0, **kwargs
+) -> nn.Module:
+    return _fishnet("fishnet150", num_classes, stem, width, **kwargs)
 
 
 def fishnet201(
-    num_classes: int = 10, stem: str = "cifar", width: float = 1.0, **switches
-) -> FishNet:
-    return _fishnet("fishnet201", num_classes, stem, width, **switches)
+    num_classes: int = 10, stem: str = "cifar", width: float = 1.0, **kwargs
+) -> nn.Module:
+    return _fishnet("fishnet201", num_classes, stem, width, **kwargs)

@@ -8,13 +8,15 @@ convolutions and never returns to a higher resolution.
 from torch import Tensor, nn
 
 from .blocks import Bottleneck, bn_relu, init_weights, make_stem
+from .features import FeatureInfo, as_backbone, feature_entry
 from .fishnet import scale_channels
 
 PLANES = (64, 256, 512, 1024, 2048)
 
 
 class PreActResNet(nn.Module):
-    """``forward_features`` returns the map of every stage, keyed ``stem``, ``stage1``.."""
+    """``forward_features`` returns the map of every stage, keyed ``stem``, ``stage1``..;
+    ``feature_info`` and ``init`` are as in :class:`~models.fishnet.FishNet`."""
 
     def __init__(
         self,
@@ -22,6 +24,8 @@ class PreActResNet(nn.Module):
         planes: tuple[int, ...] = PLANES,
         num_classes: int = 10,
         stem: str = "cifar",
+        *,
+        init: str = "authors",
     ) -> None:
         super().__init__()
         if len(planes) != len(units) + 1:
@@ -29,7 +33,7 @@ class PreActResNet(nn.Module):
         self.stem = make_stem(stem, planes[0])
         self.stages = nn.ModuleList()
         reduction = 4 if stem == "imagenet" else 1
-        self.feature_info = [{"name": "stem", "channels": planes[0], "reduction": reduction}]
+        self.feature_info = FeatureInfo([feature_entry("stem", planes[0], reduction, "stem")])
         for i, num_units in enumerate(units):
             stride = 1 if i == 0 else 2
             in_channels, out_channels = planes[i], planes[i + 1]
@@ -41,7 +45,7 @@ class PreActResNet(nn.Module):
             )
             reduction *= stride
             self.feature_info.append(
-                {"name": f"stage{i + 1}", "channels": out_channels, "reduction": reduction}
+                feature_entry(f"stage{i + 1}", out_channels, reduction, f"stages.{i}")
             )
         self.classifier = nn.Sequential(
             *bn_relu(planes[-1]),
@@ -49,7 +53,7 @@ class PreActResNet(nn.Module):
             nn.Flatten(),
             nn.Linear(planes[-1], num_classes),
         )
-        init_weights(self)
+        init_weights(self, init)
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         feats = [self.stem(x)]
@@ -63,15 +67,51 @@ class PreActResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def get_classifier(self) -> nn.Module:
+        """The layer that outputs the logits (timm's name for it)."""
+        return self.classifier[-1]
 
-def _resnet(units: tuple[int, ...], num_classes: int, stem: str, width: float) -> PreActResNet:
+    def truncate(self, num_features: int) -> None:
+        """Keeps the stages up to feature ``num_features - 1`` and drops the later stages and
+        the classifier: a backbone whose parameters all take part in ``forward_features``."""
+        del self.stages[num_features - 1 :]
+        self.classifier = None
+        self.feature_info = FeatureInfo(self.feature_info[:num_features])
+
+
+def _resnet(
+    units: tuple[int, ...],
+    num_classes: int,
+    stem: str,
+    width: float,
+    init: str,
+    features_only: bool,
+    out_indices: tuple[int, ...] | None,
+) -> nn.Module:
     planes = tuple(scale_channels(p, width) for p in PLANES)
-    return PreActResNet(units, planes, num_classes=num_classes, stem=stem)
+    model = PreActResNet(units, planes, num_classes=num_classes, stem=stem, init=init)
+    return as_backbone(model, features_only, out_indices)
 
 
-def resnet50(num_classes: int = 10, stem: str = "cifar", width: float = 1.0) -> PreActResNet:
-    return _resnet((3, 4, 6, 3), num_classes, stem, width)
+# features_only and out_indices are timm's: with features_only=True the factory returns a
+# FeatureListNet of the chosen features.
+def resnet50(
+    num_classes: int = 10,
+    stem: str = "cifar",
+    width: float = 1.0,
+    init: str = "authors",
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
+) -> nn.Module:
+    return _resnet((3, 4, 6, 3), num_classes, stem, width, init, features_only, out_indices)
 
 
-def resnet101(num_classes: int = 10, stem: str = "cifar", width: float = 1.0) -> PreActResNet:
-    return _resnet((3, 4, 23, 3), num_classes, stem, width)
+def resnet101(
+    num_classes: int = 10,
+    stem: str = "cifar",
+    width: float = 1.0,
+    init: str = "authors",
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
+) -> nn.Module:
+    return _resnet((3, 4, 23, 3), num_classes, stem, width, init, features_only, out_indices)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from models import MODELS, build_model, count_macs, count_parameters, model_names
+from models import INITS, MODELS, build_model, count_macs, count_parameters, model_names
 from models.blocks import Bottleneck, Bridge, ChannelReduction
 from models.fishnet import FishNet
 
@@ -194,3 +194,102 @@ def test_models_table_cli():
     assert "| fishnet99 | 15,582,474 | 1304.3 M | 16,628,904 | 4263.7 M |" in result.stdout
     for name in MODELS:
         assert f"| {name} |" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["fishnet99", "resnet50"])
+def test_identity_init_starts_at_chance_and_trains_every_parameter(name):
+    torch.manual_seed(0)
+    model = build_model(name, width=0.25, init="identity")
+    for module in model.modules():
+        if isinstance(module, Bottleneck):
+            assert not module.residual[-1].weight.any()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = nn.functional.cross_entropy(model(x), y)
+    assert loss.item() == pytest.approx(math.log(10), abs=0.1)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not dead
+
+
+@pytest.mark.parametrize("name", ["fishnet99", "resnet50"])
+def test_authors_init_is_the_default(name):
+    assert INITS[0] == "authors"
+    torch.manual_seed(0)
+    default = build_model(name, width=0.25).state_dict()
+    torch.manual_seed(0)
+    authors = build_model(name, width=0.25, init="authors").state_dict()
+    assert list(default) == list(authors)
+    assert all(torch.equal(default[k], authors[k]) for k in default)
+
+
+def test_unknown_init_names_the_choices():
+    with pytest.raises(ValueError, match="init must be one of 'authors', 'identity'"):
+        build_model("resnet50", width=0.25, init="xavier")
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_feature_info_has_timm_keys_naming_real_modules(name):
+    model = meta_model(name, stem="imagenet")
+    for info in model.feature_info:
+        assert {"num_chs", "reduction", "module", "name", "channels"} <= set(info)
+        assert info["num_chs"] == info["channels"]
+        model.get_submodule(info["module"])
+    assert model.feature_info.channels() == [i["num_chs"] for i in model.feature_info]
+
+
+@pytest.mark.parametrize(
+    ("name", "out_indices", "dropped"),
+    [
+        ("fishnet99", (1, 2, 3, 7), ["head.0", "classifier"]),
+        ("fishnet99", (0, 2), ["tail.2", "bridge", "body.0", "classifier"]),
+        ("fishnet99", (-3, -2, -1), ["classifier"]),
+        ("resnet50", (1, 2, 3, 4), ["classifier"]),
+        ("resnet50", (1, 2), ["stages.2", "classifier"]),
+    ],
+)
+def test_features_only_backbone_as_a_segmentation_library_uses_it(name, out_indices, dropped):
+    torch.manual_seed(0)
+    backbone = build_model(name, width=0.25, features_only=True, out_indices=out_indices)
+    features = backbone(torch.randn(2, 3, 64, 64))
+    info = backbone.feature_info
+    assert len(features) == len(info) == len(out_indices)
+    for feature, channels, reduction in zip(
+        features, info.channels(), info.reduction(), strict=True
+    ):
+        assert feature.shape == (2, channels, 64 // reduction, 64 // reduction)
+    modules = dict(backbone.model.named_modules())
+    assert all(modules.get(module) is None for module in dropped)
+    sum(feature.mean() for feature in features).backward()
+    assert all(p.grad is not None for p in backbone.parameters())
+
+
+def test_features_only_rejects_bad_out_indices():
+    with pytest.raises(ValueError, match="out_indices must be indices of the 11 features"):
+        build_model("fishnet99", width=0.25, features_only=True, out_indices=(3, 11))
+    with pytest.raises(ValueError, match="out_indices needs features_only=True"):
+        build_model("resnet50", width=0.25, out_indices=(1, 2))
+
+
+def test_registers_with_timm_when_it_is_installed(monkeypatch):
+    import types
+
+    from models.timm_registry import TIMM_NAMES, register_with_timm
+
+    registry = {}
+    timm_models = types.ModuleType("timm.models")
+    timm_models.register_model = lambda fn: registry.setdefault(fn.__name__, fn)
+    monkeypatch.setitem(sys.modules, "timm", types.ModuleType("timm"))
+    monkeypatch.setitem(sys.modules, "timm.models", timm_models)
+    assert register_with_timm(MODELS)
+    assert sorted(registry) == sorted(TIMM_NAMES.values())
+    # timm's create_model passes its pretrained arguments to every entry point.
+    model = registry["preact_resnet50"](
+        pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, width=0.25
+    )
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        registry["fishnet99"](pretrained=True)
