@@ -1,9 +1,22 @@
 """``python -m models``: parameters and multiply-accumulates of every registered model."""
 
+import argparse
+
 from . import MODELS, build_model, count_macs, count_parameters
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m models",
+        description="Print a Markdown table of the parameters and multiply-accumulates of "
+        "every registered model, with the CIFAR stem (10 classes, 32x32) and, for FishNet, "
+        "the ImageNet stem (1000 classes, 224x224).",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parse_args(argv)
     print(
         "| model | params (CIFAR, 10 classes) | MACs @ 32x32 "
         "| params (ImageNet, 1000 classes) | MACs @ 224x224 |"

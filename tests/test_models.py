@@ -293,3 +293,15 @@ def test_registers_with_timm_when_it_is_installed(monkeypatch):
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
     with pytest.raises(ValueError, match="no pretrained weights"):
         registry["fishnet99"](pretrained=True)
+
+
+def test_models_cli_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "models", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "usage: python -m models" in result.stdout
+    assert "multiply-accumulates" in result.stdout
