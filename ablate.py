@@ -20,22 +20,22 @@ import argparse
 import datetime
 import json
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib
 import torch
 
-import train
 from dataloader import DeviceLoader, load_split
 from models import SWITCHES, count_macs, count_parameters, switch_flags
-from utils import (
-    atomic_write,
-    evaluate,
-    load_checkpoint,
-    model_from_checkpoint,
-    resolve_device,
-    run_cli,
-)
+from training.checkpoint import load_checkpoint, load_ready_model
+from training.cli import UserError, run_cli
+from training.distributed import resolve_device
+from training.files import atomic_write, write_text
+from training.metrics import evaluate
+from training.options import PRESETS
+from training.options import parse_args as parse_train_args
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
@@ -106,10 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "switch at each of its other values, "
         f"{len(all_variants())} runs)",
     )
-    add("--preset", default="fast", choices=train.PRESETS, help="train.py's recipe (default: fast)")
+    add("--preset", default="fast", choices=PRESETS, help="train.py's recipe (default: fast)")
     add("--out", type=Path, default=Path("runs/ablate"), help="runs go to OUT/VARIANT")
-    add("--table", type=Path, default=Path("fig/ablation.md"), help="the markdown table")
-    add("--plot", type=Path, default=Path("fig/ablation.png"), help="the bar plot of test top-1")
+    add("--table", type=Path, default=None, help="the markdown table (default: OUT/ablation.md)")
+    add("--plot", type=Path, default=None, help="the bar plot (default: OUT/ablation.png)")
     args, train_flags = parser.parse_known_args(argv)
     args.variants = args.variants or all_variants()
     names = [variant_name(v) for v in args.variants]
@@ -122,9 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, switches in zip(names, args.variants, strict=True):
         flags = [flag for key, value in switches.items() for flag in switch_flags(key, value)]
         folder = args.out / name.replace("=", "-").replace(",", "+")
-        run = train.parse_args(
-            ["--preset", args.preset, *train_flags, *flags, "--out", str(folder), "--overwrite"]
-        )
+        argv = ["--preset", args.preset, *train_flags, *flags, "--out", str(folder), "--overwrite"]
+        run = parse_train_args(argv)
+        run.argv = argv
         set_elsewhere = [
             " ".join(switch_flags(key, getattr(run, key)))
             for key, choices in SWITCHES.items()
@@ -137,6 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             )
         args.runs[name] = (switches, run)
     args.train_flags = train_flags
+    args.table = args.table or args.out / "ablation.md"
+    args.plot = args.plot or args.out / "ablation.png"
     return args
 
 
@@ -146,10 +148,7 @@ def evaluate_run(run: argparse.Namespace, test_split: dict) -> dict:
     last = load_checkpoint(out / "last.pt")
     best = load_checkpoint(out / "best.pt")
     history = last["history"]
-    device = resolve_device(run.device)
-    model = model_from_checkpoint(best, out / "best.pt").to(device)
-    if run.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    ready = load_ready_model(out / "best.pt", resolve_device(run.device), checkpoint=best)
     if "images" not in test_split:
         test_split["images"], test_split["labels"] = load_split(run.data, "test")
     loader = DeviceLoader(
@@ -159,14 +158,13 @@ def evaluate_run(run: argparse.Namespace, test_split: dict) -> dict:
         mean=best["normalization"]["mean"],
         std=best["normalization"]["std"],
         train=False,
-        device=device,
-        channels_last=run.channels_last,
+        device=ready.device,
+        channels_last=ready.channels_last,
     )
-    amp = best["args"]["amp"] and device.type == "cuda"
-    test = evaluate(model, loader, len(best["classes"]), device, amp)
+    test = evaluate(ready.model, loader, len(ready.classes), ready.device, ready.amp)
     return {
-        "params": count_parameters(model),
-        "macs": count_macs(model, 32),
+        "params": count_parameters(ready.model),
+        "macs": count_macs(ready.model, 32),
         "valid_top1": last["best_valid_top1"],
         "best_epoch": best["epoch"],
         "epochs": last["epoch"],
@@ -231,10 +229,9 @@ def plot(results: dict[str, dict], context: dict, path: Path) -> None:
     ax.invert_yaxis()
     if BASELINE in results:
         ax.axvline(results[BASELINE]["test_top1"], color="tab:blue", linestyle="--", linewidth=1)
-    # Ablations differ by little: the axis spans the values, not 0 to 100.
-    low, high = min(values), max(values)
-    margin = max(1.0, 0.25 * (high - low))
-    ax.set_xlim(max(0.0, low - 2 * margin), min(100.0, high + margin))
+    # The whole scale: a cut axis would make the differences of a few tenths, often
+    # within seed noise, look large; the bar labels give the numbers.
+    ax.set_xlim(0, 100)
     ax.set(
         xlabel="test top-1 (%)",
         title=f"{context['model']} (width {context['width']}), {context['recipe_short']}, "
@@ -245,10 +242,6 @@ def plot(results: dict[str, dict], context: dict, path: Path) -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -268,8 +261,12 @@ def main(argv: list[str] | None = None) -> None:
     test_split: dict = {}
     for index, (name, (_, run)) in enumerate(args.runs.items()):
         print(f"\n== ablation {index + 1}/{len(args.runs)}: {name} -> {run.out}", flush=True)
-        torch.compiler.reset()  # a fresh compilation per variant, not a recompilation limit
-        train.train(run)
+        train_script = Path(__file__).resolve().parent / "train.py"
+        finished = subprocess.run([sys.executable, str(train_script), *run.argv], check=False)
+        if finished.returncode:
+            raise UserError(
+                f"variant {name}: train.py ended with exit status {finished.returncode}"
+            )
         results[name] = evaluate_run(run, test_split)
         counts = results[name]
         context["images"] = (

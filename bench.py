@@ -13,6 +13,12 @@ Speed is only compared within one run: the two pipelines run side by side.
 """
 
 import argparse
+import datetime
+import json
+import shlex
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -22,7 +28,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-import train
 from dataloader import (
     DeviceLoader,
     ManifestDataset,
@@ -32,17 +37,31 @@ from dataloader import (
     read_classes,
 )
 from models import build_model, count_macs
-from train import log, training_step
-from utils import (
-    all_reduce_sum,
-    init_distributed,
+from training.cli import (
+    HelpFormatter,
+    UserError,
     non_negative_int,
     positive_float,
     positive_int,
     run_cli,
 )
+from training.distributed import (
+    all_reduce_sum,
+    distribute,
+    init_distributed,
+    log,
+    resolve_device,
+    shutdown_distributed,
+)
+from training.engine import TrainStep
+from training.files import atomic_write, write_text
+from training.optim import make_optimizer
+from training.options import PRESETS
+from training.options import parse_args as parse_train_args
+from training.precision import AMP_CHOICES, resolve_amp
 
 DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "cifar10"
+TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 # Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs this benchmark knows by name.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
@@ -93,7 +112,7 @@ def seed_style_loader(
 
 
 def bench_data(args: argparse.Namespace) -> None:
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     images, labels = load_split(args.data, "train")
     mean, std = channel_stats(images)
     fast = DeviceLoader(
@@ -120,24 +139,16 @@ def forever(loader: Iterable) -> Iterator:
         yield from loader
 
 
-def training_rate(model, loader, optimizer, amp: bool, device, steps: int, warmup: int) -> float:
-    """Training images per second over `steps` steps, after `warmup` (compilation, autotuning)."""
-    criterion = nn.CrossEntropyLoss()
-    batches = forever(loader)
-    model.train()
-    images_seen = 0
-    for step in range(warmup + steps):
-        if step == warmup:
-            synchronize(device)
-            started = time.perf_counter()
-            images_seen = 0
+def time_steps(step, batches: Iterator, device: torch.device, count: int) -> tuple[float, int]:
+    """(seconds, images) of ``count`` training steps, the device waited for."""
+    synchronize(device)
+    started, images_seen = time.perf_counter(), 0
+    for _ in range(count):
         images, labels = next(batches)
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        training_step(model, images, labels, criterion, optimizer, amp)
+        step(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
         images_seen += len(labels)
     synchronize(device)
-    return images_seen / (time.perf_counter() - started)
+    return time.perf_counter() - started, images_seen
 
 
 def synchronize(device: torch.device) -> None:
@@ -153,15 +164,16 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 
 
 def bench_train(args: argparse.Namespace) -> None:
-    run = train.parse_args(
+    run = parse_train_args(
         [
             *("--model", args.model, "--width", args.width, "--data", str(args.data)),
             *("--batch-size", str(args.batch_size), "--device", args.device),
         ]
     )
     rank, world_size, device = init_distributed(run.device)
-    amp = device.type == "cuda" if args.amp is None else args.amp
+    amp = resolve_amp(args.amp, device)
     compiled = device.type == "cuda" if args.compile is None else args.compile
+    mode = args.compile_mode if device.type == "cuda" and world_size == 1 else None
     torch.backends.cudnn.benchmark = True
     images, labels = load_split(run.data, "train")
     mean, std = channel_stats(images)
@@ -181,157 +193,280 @@ def bench_train(args: argparse.Namespace) -> None:
         f"{world_size} process(es) on {device.type} ({name}), "
         f"{flops_per_image / 6e6:.1f} M MACs per image, {args.steps} steps after {args.warmup}"
     )
+    criterion = nn.CrossEntropyLoss()
 
     ours = fresh_model(True)
     loader = DeviceLoader(
-        images, labels, run.batch_size, mean=mean, std=std, train=True, device=device,
-        channels_last=True, rank=rank, world_size=world_size,
-    )  # fmt: skip
-    optimizer = train.make_optimizer(run, ours, device)
-    model = train.distribute(ours, device)
-    model = train.compile_model(model) if compiled else model
-    ours_rate = training_rate(model, loader, optimizer, amp, device, args.steps, args.warmup)
+        images,
+        labels,
+        run.batch_size,
+        mean=mean,
+        std=std,
+        train=True,
+        device=device,
+        channels_last=True,
+        rank=rank,
+        world_size=world_size,
+        drop_last=True,
+    )
+    optimizer = make_optimizer(run, ours, device)
+    step = TrainStep(
+        distribute(ours, device),
+        optimizer,
+        criterion,
+        device,
+        amp,
+        compile_mode=mode,
+        compiled=compiled,
+    )
+    batches = forever(loader)
+    startup, _ = time_steps(step, batches, device, args.warmup)
+    seconds, seen = time_steps(step, batches, device, args.steps)
+    ours_rate = seen / seconds
 
     seed_loader = seed_style_loader(run.data, run.batch_size, args.workers, mean, std, device)
     seed_optimizer = torch.optim.SGD(
         reference.parameters(), lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay
     )
-    seed_model = train.distribute(reference, device)
-    seed_rate = training_rate(
-        seed_model, seed_loader, seed_optimizer, False, device, args.steps, args.warmup
-    )
+    seed_step = TrainStep(distribute(reference, device), seed_optimizer, criterion, device, "off")
+    seed_batches = forever(seed_loader)
+    seed_startup, _ = time_steps(seed_step, seed_batches, device, args.warmup)
+    seconds, seen = time_steps(seed_step, seed_batches, device, args.steps)
+    seed_rate = seen / seconds
     # Every process measured its own rate; the totals are their sums.
     ours_rate, seed_rate = all_reduce_sum(torch.tensor([ours_rate, seed_rate])).tolist()
 
     features = ", ".join(
         ["data on the device", "channels-last"]
-        + (["bf16"] if amp else [])
-        + (["torch.compile"] if compiled else [])
+        + ([amp] if amp != "off" else [])
+        + ([f"torch.compile ({mode or 'default'})"] if compiled else [])
     )
-    header = f"{'pipeline':<72} {'images/s':>10} {'TFLOP/s':>8} {'of peak':>8}"
+    header = f"{'pipeline':<72} {'start-up s':>10} {'images/s':>10} {'TFLOP/s':>8} {'of peak':>8}"
     if world_size > 1:
         header += f" {'images/s per process':>21}"
     log(header)
-    for label, rate in (
-        (f"this repository ({features})", ours_rate),
-        (f"seed-style (DataLoader + PIL, {args.workers} workers, fp32, NCHW, eager)", seed_rate),
+    for label, rate, warm in (
+        (f"this repository ({features})", ours_rate, startup),
+        (
+            f"seed-style (DataLoader + PIL, {args.workers} workers, fp32, NCHW, eager)",
+            seed_rate,
+            seed_startup,
+        ),
     ):
         tflops = rate * flops_per_image / 1e12
         share = f"{100 * tflops / (peak * world_size):.1f} %" if peak else "-"
-        line = f"{label:<72} {rate:>10,.0f} {tflops:>8.3g} {share:>8}"
+        line = f"{label:<72} {warm:>10.1f} {rate:>10,.0f} {tflops:>8.3g} {share:>8}"
         if world_size > 1:
             line += f" {rate / world_size:>21,.0f}"
         log(line)
+    log(f"start-up: the first {args.warmup} steps (compilation, CUDA-graph capture, autotuning)")
     if not peak:
         log("peak unknown for this device: pass --peak-tflops to see the fraction")
     log(f"ratio: {ours_rate / seed_rate:.2f}x")
-    train.shutdown_distributed()
+    shutdown_distributed()
+
+
+def run_train_script(flags: list[str]) -> list[dict]:
+    """Runs train.py as a user would and returns its history."""
+    parse_train_args(flags)  # a bad flag stops here, before any work
+    out = Path(flags[flags.index("--out") + 1])
+    finished = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *flags], check=False)
+    if finished.returncode:
+        raise UserError(f"train.py {shlex.join(flags)}: exit status {finished.returncode}")
+    return json.loads((out / "history.json").read_text())
+
+
+def training_seconds(history: list[dict]) -> list[float]:
+    """Cumulative training time after each epoch, start-up (compilation) and evaluation apart."""
+    total, times = 0.0, []
+    for row in history:
+        total += row["epoch_time"] - row.get("startup_time", 0.0)
+        times.append(total)
+    return times
 
 
 def bench_tta(args: argparse.Namespace) -> None:
-    train_flags = args.train_flags
-    run = train.parse_args(
-        ["--preset", args.preset, "--out", str(args.out), "--overwrite", *train_flags]
-    )
+    flags = ["--preset", args.preset, "--out", str(args.out), "--overwrite", *args.train_flags]
+    if args.split == "test":
+        flags.append("--report-test")
+    history = run_train_script(flags)
+    times = training_seconds(history)
     targets = sorted(args.targets)
-    reached: dict[float, tuple[float, int]] = {}
-    final: dict = {}
-    overhead = 0.0  # this benchmark's own evaluations, not part of the training time
-
-    def on_epoch(row: dict, evaluate_split) -> bool:
-        nonlocal overhead
-        wall = row["elapsed"] - overhead
-        started = time.perf_counter()
-        if args.split == "valid":
-            top1, top5 = row["valid_top1"], row["valid_top5"]
-        else:
-            result = evaluate_split(args.split)
-            top1, top5 = result["top1"], result["top5"]
-        overhead += time.perf_counter() - started
-        for target in targets:
-            if target not in reached and top1 >= target:
-                reached[target] = (wall, row["epoch"])
-        final.update(epoch=row["epoch"], wall=wall, top1=top1, top5=top5)
-        print(
-            f"tta: epoch {row['epoch']}, {wall:.1f} s: {args.split} top-1 {top1:.2f} %", flush=True
-        )
-        return len(reached) == len(targets) or wall >= args.budget
-
-    train.train(run, on_epoch)
-    print(f"\ntime to {args.split} top-1 ({run.model}, preset {args.preset}):")
-    print("| target | wall time | epoch |\n|---|---|---|")
-    for target in targets:
-        wall, epoch = reached.get(target, (None, None))
-        when = f"{wall:.1f} s" if wall is not None else f"not reached in {final['wall']:.0f} s"
-        print(f"| {target:.2f} % | {when} | {epoch or '-'} |")
     print(
-        f"final after {final['epoch']} epochs, {final['wall']:.1f} s: {args.split} top-1 "
-        f"{final['top1']:.2f} %, top-5 {final['top5']:.2f} %"
+        f"\ntime to {args.split} top-1 (preset {args.preset}; training time, start-up and "
+        "evaluation apart):"
     )
+    print("| target | training time | epoch |\n|---|---|---|")
+    for target in targets:
+        hit = next(
+            (i for i, row in enumerate(history) if row[f"{args.split}_top1"] >= target), None
+        )
+        when = f"{times[hit]:.1f} s" if hit is not None else f"not reached in {times[-1]:.0f} s"
+        print(f"| {target:.2f} % | {when} | {hit + 1 if hit is not None else '-'} |")
+    last = history[-1]
+    startup = sum(row.get("startup_time", 0.0) for row in history)
+    print(
+        f"final after {last['epoch']} epochs, {times[-1]:.1f} s of training: {args.split} top-1 "
+        f"{last[f'{args.split}_top1']:.2f} %, top-5 {last[f'{args.split}_top5']:.2f} %; "
+        f"start-up {startup:.1f} s, wall time {last['elapsed']:.1f} s in all"
+    )
+
+
+def bench_report(args: argparse.Namespace) -> None:
+    """Runs presets over seeds and writes the results table's rows (mean ± std)."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    rows, best = [], None
+    for preset in args.presets:
+        finals = []
+        for seed in args.seeds:
+            out = args.out / f"{preset}-seed{seed}"
+            flags = [
+                "--preset",
+                preset,
+                "--seed",
+                str(seed),
+                "--out",
+                str(out),
+                "--overwrite",
+                "--report-test",
+                *args.train_flags,
+            ]
+            history = run_train_script(flags)
+            last = history[-1]
+            finals.append(
+                (
+                    last["test_top1"],
+                    last["test_top5"],
+                    training_seconds(history)[-1],
+                    sum(r.get("startup_time", 0.0) for r in history),
+                    out,
+                )
+            )
+            if best is None or last["test_top1"] > best[0]:
+                best = (last["test_top1"], out)
+        top1, top5, seconds, startup = (torch.tensor([f[i] for f in finals]) for i in range(4))
+
+        def spread(values: torch.Tensor, digits: int) -> str:
+            std = values.std().item() if len(values) > 1 else 0.0
+            return f"{values.mean().item():.{digits}f} ± {std:.{digits}f}"
+
+        command = shlex.join(["python", "train.py", "--preset", preset, *args.train_flags])
+        rows.append(
+            f"| `{preset}` | {spread(top1, 2)} | {spread(top5, 2)} | {len(finals)} | "
+            f"{spread(seconds, 1)} | {spread(startup, 1)} | {device} | CIFAR-10, JPEG q75 copy | "
+            f"{datetime.date.today().isoformat()} | `{command}` |"
+        )
+    header = (
+        "| preset | test top-1 (%) | test top-5 (%) | runs | training s | start-up s | GPU | "
+        "data | date | command |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
+    table = "\n".join([header, *rows]) + "\n"
+    write_text(args.out / "results.md", table)
+    print("\n" + table)
+    figures = args.figures or args.out
+    for name in ("acc.png", "loss.png"):
+        atomic_write(figures / name, lambda tmp, n=name: shutil.copyfile(best[1] / n, tmp))
+    print(f"table: {args.out / 'results.md'}; curves of the best run ({best[1]}): {figures}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Benchmarks of this repository.")
+    parser = argparse.ArgumentParser(
+        prog="bench.py", description="Benchmarks of this repository.", formatter_class=HelpFormatter
+    )
     subcommands = parser.add_subparsers(dest="subcommand", required=True)
-    data = subcommands.add_parser(
-        "data", help="on-device loader against a torchvision DataLoader, in images per second"
-    )
-    data.add_argument(
-        "--data",
-        type=Path,
-        default=DEFAULT_DATA,
-        help=f"prepared dataset folder (default: {DEFAULT_DATA})",
-    )
-    data.add_argument(
-        "--batch-size", type=positive_int, default=256, help="batch size (default: 256)"
-    )
-    data.add_argument(
-        "--workers",
-        type=non_negative_int,
-        default=2,
-        help="DataLoader worker processes (default: 2)",
-    )
-    data.add_argument(
-        "--seconds",
-        type=positive_float,
-        default=10.0,
-        help="time to measure each loader (default: 10)",
-    )
-    data.add_argument("--device", default="cpu", help="device of both loaders (default: cpu)")
-    data.set_defaults(run=bench_data)
 
-    training = subcommands.add_parser(
-        "train", help="this pipeline against a seed-style one, in training images per second"
+    def subcommand(name: str, help: str, run) -> argparse.ArgumentParser:
+        command = subcommands.add_parser(
+            name, help=help, description=help, formatter_class=HelpFormatter
+        )
+        command.set_defaults(run=run)
+        return command
+
+    data = subcommand(
+        "data",
+        "on-device loader against a torchvision DataLoader, in images per second",
+        bench_data,
+    )
+    data.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared dataset folder")
+    data.add_argument("--batch-size", type=positive_int, default=256, help="batch size")
+    data.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader workers")
+    data.add_argument("--seconds", type=positive_float, default=10.0, help="time per loader")
+    data.add_argument("--device", default="auto", help="device of both loaders")
+
+    training = subcommand(
+        "train",
+        "this pipeline against a seed-style one, in training images per second",
+        bench_train,
     )
     training.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared dataset")
-    training.add_argument("--model", default="fishnet99")
+    training.add_argument("--model", default="fishnet99", help="the network")
     training.add_argument("--width", default="1.0", help="channel multiplier")
-    training.add_argument("--batch-size", type=positive_int, default=256)
+    training.add_argument("--batch-size", type=positive_int, default=256, help="per process")
     training.add_argument("--steps", type=positive_int, default=50, help="timed steps")
     training.add_argument("--warmup", type=positive_int, default=10, help="untimed steps first")
     training.add_argument("--workers", type=non_negative_int, default=2, help="seed-style loader")
-    training.add_argument("--device", default="auto")
-    training.add_argument("--amp", action=argparse.BooleanOptionalAction, help="default: on CUDA")
-    training.add_argument("--compile", action=argparse.BooleanOptionalAction, help="default: CUDA")
+    training.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    training.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="precision")
     training.add_argument(
-        "--peak-tflops", type=positive_float, default=None, help="device peak, if not known here"
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the step (none given: on CUDA)",
     )
-    training.set_defaults(run=bench_train)
+    training.add_argument(
+        "--compile-mode",
+        default="reduce-overhead",
+        choices=("reduce-overhead", "default", "max-autotune"),
+        help="torch.compile mode on one GPU (reduce-overhead: CUDA graphs)",
+    )
+    training.add_argument(
+        "--peak-tflops",
+        type=positive_float,
+        default=None,
+        help="device peak (none given: known for H100, H200, A100)",
+    )
 
-    tta = subcommands.add_parser(
-        "tta",
-        help="time to accuracy; other flags go to train.py",
-        description="Trains with train.py's flags until the split reaches every target.",
+    tta = subcommand(
+        "tta", "time to accuracy of a train.py recipe; other flags go to train.py", bench_tta
     )
-    tta.add_argument("--preset", default="fast", choices=train.PRESETS)
-    tta.add_argument("--targets", type=positive_float, nargs="+", default=[85.06, 94.0])
-    tta.add_argument("--split", choices=("valid", "test"), default="test")
-    tta.add_argument("--budget", type=positive_float, default=600, help="seconds of training")
+    tta.add_argument("--preset", default="fast", choices=PRESETS, help="train.py's recipe")
+    tta.add_argument(
+        "--targets",
+        type=positive_float,
+        nargs="+",
+        default=[85.06, 94.0],
+        help="top-1 targets (%%)",
+    )
+    tta.add_argument("--split", choices=("valid", "test"), default="test", help="scored split")
     tta.add_argument("--out", type=Path, default=Path("runs/tta"), help="the run's folder")
-    tta.set_defaults(run=bench_tta)
+
+    report = subcommand(
+        "report",
+        "the results table: presets over seeds; other flags go to train.py",
+        bench_report,
+    )
+    report.add_argument(
+        "--presets", nargs="+", choices=PRESETS, default=["fast", "accuracy"], help="recipes to run"
+    )
+    report.add_argument(
+        "--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], help="one run per seed"
+    )
+    report.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/report"),
+        help="runs go to OUT/PRESET-seedN, the table to OUT/results.md",
+    )
+    report.add_argument(
+        "--figures",
+        type=Path,
+        default=None,
+        help="folder for the best run's acc.png and loss.png (none given: OUT; "
+        "the README's figures: fig)",
+    )
 
     args, rest = parser.parse_known_args(argv)
-    if rest and args.subcommand != "tta":
+    if rest and args.subcommand not in ("tta", "report"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.train_flags = rest
     return args

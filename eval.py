@@ -1,52 +1,131 @@
 """Evaluate a checkpoint: top-1 and top-5 per split, per-class accuracy, confusion matrices.
 
-python eval.py runs/fishnet99/best.pt
-python eval.py runs/fishnet99/best.pt --split test --json
+python eval.py runs/fishnet99/best.pt                       # valid and test
+python eval.py runs/fishnet99/best.pt --split train valid test --json
 """
 
 import argparse
 import json
+import sys
+import time
 from pathlib import Path
 
 import torch
 
-from dataloader import DeviceLoader, load_split, read_classes
-from utils import (
-    UserError,
-    evaluate,
-    load_checkpoint,
-    model_from_checkpoint,
-    per_class_accuracy,
-    plot_confusion,
-    positive_int,
-    resolve_device,
-    run_cli,
-)
+from dataloader import DeviceLoader, load_split, manifest_sha256, read_classes
+from training.checkpoint import load_checkpoint, load_ready_model
+from training.cli import HelpFormatter, UserError, first_line, positive_int, program_name, run_cli
+from training.distributed import resolve_device
+from training.metrics import evaluate, per_class_accuracy
+from training.plots import plot_confusion
+from training.precision import AMP_CHOICES
 
 SPLITS = ("train", "valid", "test")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        prog="eval.py",
         description="Evaluate a checkpoint written by train.py.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add = parser.add_argument
     add("checkpoint", type=Path, help="a last.pt or best.pt written by train.py")
-    add("--data", default=None, help="dataset folder (default: the one the run trained on)")
-    add("--split", nargs="+", choices=SPLITS, default=list(SPLITS))
-    add("--batch-size", type=positive_int, default=256)
+    add(
+        "--data",
+        type=Path,
+        default=None,
+        help="dataset folder (none given: the one the run trained on, by its absolute path)",
+    )
+    add(
+        "--split",
+        nargs="+",
+        choices=SPLITS,
+        default=["valid", "test"],
+        help="splits to evaluate (train: 40,000 images, minutes on a CPU)",
+    )
+    add("--batch-size", type=positive_int, default=256, help="images per batch")
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add(
         "--amp",
-        action=argparse.BooleanOptionalAction,
-        help="bf16 autocast (default: as in training, on CUDA only)",
+        choices=AMP_CHOICES,
+        default=None,
+        help="precision (none given: the run's on CUDA, fp32 on a CPU)",
+    )
+    add(
+        "--flip",
+        action="store_true",
+        help="also report horizontal-flip test-time augmentation, beside the plain scores",
     )
     add("--json", action="store_true", help="print top-1 and top-5 per split as JSON")
     add(
-        "--out", type=Path, default=None, help="folder for confusion_SPLIT.png (default: beside it)"
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for confusion_SPLIT.png (none given: the checkpoint's folder)",
     )
     return parser.parse_args(argv)
+
+
+def dataset_folder(args: argparse.Namespace, checkpoint: dict) -> Path:
+    """--data, else the folder the run trained on: checkpoints record its absolute path
+    (older ones the path as given to train.py, taken from the current folder)."""
+    if args.data is not None:
+        return args.data
+    recorded = checkpoint.get("dataset", {}).get("path") or checkpoint["args"].get("data")
+    if not isinstance(recorded, str):
+        raise UserError(f"{args.checkpoint}: no dataset folder recorded; pass --data")
+    return Path(recorded)
+
+
+def check_same_data(args, checkpoint: dict, data_dir: Path, split: str) -> None:
+    """Refuses a split whose manifest is not the one the run recorded (or, for valid and
+    test, is its training split): its accuracy would not be what the name says."""
+    dataset = checkpoint.get("dataset", {})
+    recorded = dict(dataset.get("sha256") or {"train": dataset.get("train_sha256")})
+    digest = manifest_sha256(data_dir, split)
+    wrong = (split in recorded and recorded[split] not in (None, digest)) or (
+        split != "train" and digest == recorded.get("train")
+    )
+    if not wrong:
+        return
+    message = (
+        f"{data_dir}: its {split} split is not the one {args.checkpoint} was trained and "
+        "scored with"
+    )
+    if args.data is None:
+        raise UserError(message + "; pass --data to evaluate on this data anyway")
+    print(f"{program_name()}: warning: {message}", file=sys.stderr)
+
+
+def evaluate_splits(args, ready, data_dir: Path) -> dict[str, dict]:
+    results = {}
+    for split in args.split:
+        check_same_data(args, ready.checkpoint, data_dir, split)
+        images, labels = load_split(data_dir, split)
+        stats = ready.normalization
+        loader = DeviceLoader(
+            images,
+            labels,
+            args.batch_size,
+            mean=stats["mean"],
+            std=stats["std"],
+            train=False,
+            device=ready.device,
+            channels_last=ready.channels_last,
+        )
+        started = time.perf_counter()
+        results[split] = evaluate(
+            ready.model,
+            loader,
+            len(ready.classes),
+            ready.device,
+            ready.amp,
+            flip=args.flip,
+            desc=f"{split} ({len(labels):,} images)",
+        )
+        results[split]["seconds"] = time.perf_counter() - started
+    return results
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -55,59 +134,59 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    device = resolve_device(args.device)
-    checkpoint = load_checkpoint(args.checkpoint)
-    trained = checkpoint["args"]
-    # The training run's numerics by default, so that eval reproduces its logged accuracy.
-    amp = trained["amp"] and device.type == "cuda" if args.amp is None else args.amp
-    channels_last = trained["channels_last"]
-    model = model_from_checkpoint(checkpoint, args.checkpoint).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    data_dir = args.data or trained["data"]
-    classes = read_classes(data_dir)
-    if classes != checkpoint["classes"]:
-        raise UserError(f"{args.checkpoint} was trained on other classes than {data_dir} holds")
-    out = args.out or args.checkpoint.parent
-
-    results = {}
-    for split in args.split:
-        images, labels = load_split(data_dir, split)
-        loader = DeviceLoader(
-            images,
-            labels,
-            args.batch_size,
-            mean=checkpoint["normalization"]["mean"],
-            std=checkpoint["normalization"]["std"],
-            train=False,
-            device=device,
-            channels_last=channels_last,
-        )
-        results[split] = evaluate(model, loader, len(classes), device, amp)
-        plot_confusion(
-            results[split]["confusion"],
-            classes,
-            f"{checkpoint['model']['name']}, {split} ({results[split]['top1']:.2f} % top-1)",
-            out / f"confusion_{split}.png",
-        )
-
+def report(args, checkpoint: dict, classes: list[str], results: dict[str, dict]) -> None:
     if args.json:
-        summary = {s: {"top1": r["top1"], "top5": r["top5"]} for s, r in results.items()}
-        print(json.dumps(summary, indent=1))
+        keys = ("top1", "top5", "flip_top1", "flip_top5")
+        print(
+            json.dumps({s: {k: r[k] for k in keys if k in r} for s, r in results.items()}, indent=1)
+        )
         return
-    epoch = checkpoint["epoch"]
-    print(f"{args.checkpoint}: {checkpoint['model']['name']}, epoch {epoch}\n")
-    rows = [
-        [s, f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['loss']:.4f}"] for s, r in results.items()
-    ]
-    print(markdown_table(["split", "top-1 (%)", "top-5 (%)", "loss"], rows))
+    print(f"{args.checkpoint}: {checkpoint['model']['name']}, epoch {checkpoint['epoch']}\n")
+    header = ["split", "images", "top-1 (%)", "top-5 (%)", "loss", "seconds"]
+    header += ["flip top-1 (%)", "flip top-5 (%)"] if args.flip else []
+    rows = []
+    for split, r in results.items():
+        row = [
+            split,
+            f"{r['samples']:,}",
+            f"{r['top1']:.2f}",
+            f"{r['top5']:.2f}",
+            f"{r['loss']:.4f}",
+            f"{r['seconds']:.1f}",
+        ]
+        rows.append(row + ([f"{r['flip_top1']:.2f}", f"{r['flip_top5']:.2f}"] if args.flip else []))
+    print(markdown_table(header, rows))
     per_class = {s: per_class_accuracy(r["confusion"]) for s, r in results.items()}
     rows = [[name] + [f"{per_class[s][i]:.1f}" for s in results] for i, name in enumerate(classes)]
     print("\nper-class top-1 (%):\n")
     print(markdown_table(["class", *results], rows))
-    print(f"\nconfusion matrices: {', '.join(str(out / f'confusion_{s}.png') for s in results)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    checkpoint = load_checkpoint(args.checkpoint)
+    data_dir = dataset_folder(args, checkpoint)
+    classes = read_classes(data_dir)
+    if classes != checkpoint["classes"]:
+        raise UserError(f"{args.checkpoint} was trained on other classes than {data_dir} holds")
+    ready = load_ready_model(args.checkpoint, device, args.amp, checkpoint)
+    results = evaluate_splits(args, ready, data_dir)
+    report(args, checkpoint, classes, results)
+    # Results first, files second: an unwritable folder costs the plots, not the numbers.
+    out = args.out or args.checkpoint.parent
+    try:
+        for split, result in results.items():
+            title = f"{checkpoint['model']['name']}, {split} ({result['top1']:.2f} % top-1)"
+            plot_confusion(result["confusion"], classes, title, out / f"confusion_{split}.png")
+    except OSError as error:
+        raise UserError(
+            f"--out {out}: cannot write the confusion matrices ({first_line(error)})"
+        ) from None
+    if not args.json:
+        print(
+            f"\nconfusion matrices: {', '.join(str(out / f'confusion_{s}.png') for s in results)}"
+        )
 
 
 if __name__ == "__main__":

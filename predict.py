@@ -21,17 +21,9 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from tqdm import tqdm
 
-from dataloader import normalize
-from utils import (
-    UserError,
-    autocast,
-    first_line,
-    load_checkpoint,
-    model_from_checkpoint,
-    positive_int,
-    resolve_device,
-    run_cli,
-)
+from training.checkpoint import load_ready_model
+from training.cli import HelpFormatter, UserError, first_line, positive_int, program_name, run_cli
+from training.distributed import resolve_device
 
 INPUT_SIZE = 32  # the side of the images the CIFAR models take
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -63,48 +55,11 @@ def read_image(path: Path) -> Tensor:
     return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
 
 
-class Classifier:
-    """A checkpoint ready to run on uint8 images, with the numerics of its training run: its
-    normalisation, memory format and (on CUDA) precision, as eval.py evaluates it."""
-
-    def __init__(self, path: Path, device: torch.device) -> None:
-        self.checkpoint = load_checkpoint(path)
-        trained = self.checkpoint["args"]
-        self.classes: list[str] = self.checkpoint["classes"]
-        self.device = device
-        self.amp = trained["amp"] and device.type == "cuda"
-        self.channels_last = trained["channels_last"]
-        self.model = model_from_checkpoint(self.checkpoint, path).to(device).eval()
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-
-    def inputs(self, images: Tensor) -> Tensor:
-        """uint8 [B, 3, 32, 32] images as the model's normalised float input."""
-        statistics = self.checkpoint["normalization"]
-        batch = normalize(images.to(self.device), statistics["mean"], statistics["std"])
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
-
-    @torch.no_grad()
-    def features(self, images: Tensor) -> dict[str, Tensor]:
-        """Every stage's map (the model's forward_features), in float32."""
-        with autocast(self.device, self.amp):
-            features = self.model.forward_features(self.inputs(images))
-        return {name: feature.float() for name, feature in features.items()}
-
-    @torch.no_grad()
-    def probabilities(self, images: Tensor) -> Tensor:
-        """Softmax over the classes, float32 [B, num_classes]."""
-        with autocast(self.device, self.amp):
-            logits = self.model(self.inputs(images))
-        return logits.float().softmax(dim=1)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Predict the classes of images with a checkpoint written by train.py.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="predict.py",
+        formatter_class=HelpFormatter,
     )
     add = parser.add_argument
     add("checkpoint", type=Path, help="a last.pt or best.pt written by train.py")
@@ -149,9 +104,9 @@ def read(path: Path) -> Tensor | str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    classifier = Classifier(args.checkpoint, device)
+    classifier = load_ready_model(args.checkpoint, device)
     top_k = min(args.top_k, len(classifier.classes))
-    program = Path(sys.argv[0]).name
+    program = program_name()
     paths = expand(args.images)
     progress = tqdm(
         total=len(paths),

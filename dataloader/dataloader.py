@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from training.files import atomic_write
+
 SPLITS = ("train", "valid", "test")
 CLASSES_FILE = "classes.json"
 IMAGE_SHAPE = (3, 32, 32)
@@ -58,6 +60,12 @@ def manifest_path(data_dir: str | os.PathLike, split: str) -> Path:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return Path(data_dir) / f"{split}_img2labels.json"
+
+
+def manifest_sha256(data_dir: str | os.PathLike, split: str) -> str:
+    """Identifies a split: checkpoints record it, so --resume and eval.py can tell whether
+    they are given the data the run was trained on."""
+    return hashlib.sha256(manifest_path(data_dir, split).read_bytes()).hexdigest()
 
 
 def _read_json(path: Path) -> object:
@@ -179,8 +187,6 @@ def _load_cache(cache: Path, digest: str) -> tuple[torch.Tensor, torch.Tensor] |
 
 
 def _save_cache(cache: Path, content: dict) -> None:
-    from utils import atomic_write  # utils imports this module, so not at the top
-
     try:
         atomic_write(cache, lambda temporary: torch.save(content, temporary))
     except OSError as error:
@@ -332,15 +338,35 @@ def _lighting_basis(device: torch.device) -> torch.Tensor:
     return (torch.tensor(IMAGENET_EIGVEC) * torch.tensor(IMAGENET_EIGVAL)).to(device)
 
 
-def _step_bounds(num_items: int, global_batch: int, world_size: int) -> list[tuple[int, int]]:
-    """(start, stop) of every global batch of an epoch; a last one too small to give every
-    rank a sample joins the one before, so no rank ever gets an empty batch."""
+def _step_bounds(
+    num_items: int, global_batch: int, world_size: int, drop_last: bool = False
+) -> list[tuple[int, int]]:
+    """(start, stop) of every global batch of an epoch. ``drop_last`` keeps full batches
+    only; otherwise a last one too small to give every rank a sample joins the one before,
+    so no rank ever gets an empty batch."""
+    if drop_last:
+        starts = range(0, num_items - global_batch + 1, global_batch)
+        return [(start, start + global_batch) for start in starts]
     bounds = [
         (start, min(start + global_batch, num_items)) for start in range(0, num_items, global_batch)
     ]
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < world_size:
         bounds[-2:] = [(bounds[-2][0], num_items)]
     return bounds
+
+
+def cutout(images: torch.Tensor, generator: torch.Generator, size: int) -> torch.Tensor:
+    """Zeroes a size x size square (clipped at the border) centred at a random pixel of every
+    image of [B, C, H, W] (DeVries and Taylor, 2017); on normalised images zero is the mean."""
+    batch, _, height, width = images.shape
+    centres = torch.rand(batch, 2, generator=generator, device=generator.device).to(images.device)
+    rows = torch.arange(height, device=images.device) - (centres[:, :1] * height).floor()
+    cols = torch.arange(width, device=images.device) - (centres[:, 1:] * width).floor()
+    half = size // 2
+    inside_rows = (rows >= -half) & (rows < size - half)
+    inside_cols = (cols >= -half) & (cols < size - half)
+    keep = ~(inside_rows[:, None, :, None] & inside_cols[:, None, None, :])
+    return images * keep
 
 
 def _stream_seed(*keys: int) -> int:
@@ -354,7 +380,11 @@ class DeviceLoader:
     train=True: a new shuffle every epoch, drawn from (seed, epoch) so that the same seed gives
     the same batches and resuming at epoch e repeats epoch e (call set_epoch first), then the
     augmentation (`augment`: "crop-flip", "none" or "imagenet"). train=False: the split in
-    order, only normalised. Every sample is kept; the last batch may be smaller.
+    order, only normalised. ``cutout`` (pixels, 0: off) erases a random square of every
+    training image after the augmentation. ``drop_last`` keeps full batches only, so every
+    step has the same shapes (one compilation, CUDA graphs); the shuffle changes every
+    epoch, so every image is still trained on. Otherwise every sample is kept and the last
+    batch may be smaller.
 
     With world_size > 1 every global batch of world_size * batch_size samples is split among
     the ranks, so the ranks see disjoint parts covering the epoch once, in the same number of
@@ -375,6 +405,8 @@ class DeviceLoader:
         std: Sequence[float],
         train: bool,
         augment: str = "crop-flip",
+        cutout: int = 0,
+        drop_last: bool = False,
         seed: int = 0,
         device: str | torch.device = "cpu",
         rank: int = 0,
@@ -401,6 +433,7 @@ class DeviceLoader:
         self._std = torch.tensor(self.std, dtype=torch.float32, device=self.device)
         self.train = train
         self.augment = augment
+        self.cutout_size = cutout
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -409,7 +442,11 @@ class DeviceLoader:
         self.step = 0
         self._augment_generator: torch.Generator | None = None
         self._resume: dict | None = None
-        self._bounds = _step_bounds(len(images), batch_size * world_size, world_size)
+        self._bounds = _step_bounds(len(images), batch_size * world_size, world_size, drop_last)
+        if not self._bounds:
+            raise ValueError(
+                f"{len(images)} images do not fill one batch of {batch_size * world_size}"
+            )
         # tensor_split gives the first (n % world_size) ranks one sample more.
         self.num_samples = sum(
             (stop - start) // world_size + (rank < (stop - start) % world_size)
@@ -471,6 +508,8 @@ class DeviceLoader:
             images = self.images[indices]
             if self.train:
                 images = self._augment(images, augment_generator)
+                if self.cutout_size:
+                    images = cutout(images, augment_generator, self.cutout_size)
             else:
                 images = normalize(images, self._mean, self._std)
             if self.channels_last:

@@ -20,8 +20,11 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from predict import Classifier, read_image
-from utils import atomic_write, resolve_device, run_cli
+from predict import read_image
+from training.checkpoint import load_ready_model
+from training.cli import HelpFormatter, run_cli
+from training.distributed import resolve_device
+from training.files import atomic_write
 
 PART_COLORS = {"tail": "tab:blue", "bridge": "tab:purple", "body": "tab:green", "head": "tab:red"}
 INCHES_PER_PIXEL = 0.075  # at 32x32, a panel is 2.4 inches wide
@@ -80,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m models.visualize",
         description="Draw the mean activation of every stage of a trained model on one image.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add = parser.add_argument
     add("checkpoint", type=Path, help="a last.pt or best.pt written by train.py")
@@ -92,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    classifier = Classifier(args.checkpoint, resolve_device(args.device))
+    classifier = load_ready_model(args.checkpoint, resolve_device(args.device))
     image = read_image(args.image)
     features = classifier.features(image[None])
     probabilities = classifier.probabilities(image[None])[0]

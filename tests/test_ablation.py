@@ -9,7 +9,7 @@ from PIL import Image
 from torch import nn
 
 import ablate
-import train
+from training.options import parse_args as parse_train_args
 from models import SWITCHES, build_model, count_parameters, switch_flags, switch_kwargs
 from models.blocks import Bottleneck, Bridge, ChannelReduction, residual_units
 
@@ -159,17 +159,17 @@ def test_invalid_switches_are_refused():
 
 
 def test_train_flags_set_every_switch(capsys):
-    defaults = train.parse_args([])
+    defaults = parse_train_args([])
     assert {key: getattr(defaults, key) for key in SWITCHES} == DEFAULTS
     for key, value in EVERY_VALUE:
-        args = train.parse_args(switch_flags(key, value))
+        args = parse_train_args(switch_flags(key, value))
         assert getattr(args, key) == value
         assert switch_kwargs(args.model, vars(args)) == {**DEFAULTS, key: value}
     with pytest.raises(SystemExit) as exit_info:
-        train.parse_args(["--model", "resnet50", "--bridge", "none"])
+        parse_train_args(["--model", "resnet50", "--bridge", "none"])
     assert exit_info.value.code == 2
     assert "--bridge none: the ablation switches apply to FishNet only" in capsys.readouterr().err
-    assert train.parse_args(["--model", "resnet50"]).bridge == "se"  # defaults are fine
+    assert parse_train_args(["--model", "resnet50"]).bridge == "se"  # defaults are fine
 
 
 def test_ablate_variants_and_refusals(capsys):

@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import run_script
 
-import train
+from training.engine import compile_step
+from training.options import parse_args as parse_train_args
 from models import build_model
 
 CPU_SMALL = ["--width", "0.25", "--device", "cpu"]
@@ -49,12 +50,12 @@ def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
     monkeypatch.setattr(torch, "compile", unavailable)
     model = build_model("fishnet99", width=0.25)
     with pytest.warns(UserWarning, match="running eagerly"):
-        assert train.compile_model(model) is model
+        assert compile_step(model, None) is model
 
 
 def test_presets_set_defaults_that_flags_override():
-    fast = train.parse_args(["--preset", "fast"])
+    fast = parse_train_args(["--preset", "fast"])
     assert (fast.schedule, fast.batch_size, fast.nesterov) == ("onecycle", 512, True)
-    assert train.parse_args(["--preset", "fast", "--epochs", "3"]).epochs == 3
-    seed = train.parse_args([])
+    assert parse_train_args(["--preset", "fast", "--epochs", "3"]).epochs == 3
+    seed = parse_train_args([])
     assert (seed.schedule, seed.batch_size, seed.epochs, seed.lr) == ("step", 256, 100, 0.1)

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from dataloader import DeviceLoader
 from models import build_model
-from train import distribute, shutdown_distributed, training_step
-from utils import init_distributed
+from training.distributed import distribute, init_distributed, shutdown_distributed
+from training.engine import TrainStep
 
 rank, world_size, device = init_distributed("cpu")
 torch.manual_seed(0)
@@ -38,7 +38,7 @@ loader = DeviceLoader(images, torch.arange(16) % 10, 16 // world_size, mean=(0.5
                       world_size=world_size)
 batch, labels = next(iter(loader))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-training_step(distribute(model, device), batch, labels, nn.CrossEntropyLoss(), optimizer, False)
+TrainStep(distribute(model, device), optimizer, nn.CrossEntropyLoss(), device, "off")(batch, labels)
 if rank == 0:
     torch.save(model.state_dict(), sys.argv[1])
 shutdown_distributed()

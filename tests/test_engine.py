@@ -1,0 +1,180 @@
+"""The training library in-process: a step, an epoch, a run's state, interruption,
+compilation, schedules and the resume check."""
+
+import math
+import signal
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from dataloader import DeviceLoader
+from models import build_model
+from training.cli import UserError
+from training.engine import (
+    EpochProgress,
+    Interrupted,
+    StopRequest,
+    TrainState,
+    TrainStep,
+    moving_average,
+    train_one_epoch,
+)
+from training.metrics import evaluate
+from training.optim import make_optimizer, make_scheduler
+from training.options import parse_args, resume_mismatches
+
+CPU = torch.device("cpu")
+
+
+def tiny_run(*flags: str, images: int = 80, batch: int = 32, compiled=False, backend="inductor"):
+    """A width-0.25 FishNet-99 with train.py's pieces over random images (full batches only)."""
+    args = parse_args(["--width", "0.25", "--batch-size", str(batch), "--epochs", "2", *flags])
+    torch.manual_seed(0)
+    model = build_model("fishnet99", width=0.25, init=args.init)
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(images) % 10
+    loader = DeviceLoader(pixels, labels, batch, mean=(0.5,) * 3, std=(0.25,) * 3, train=True,
+                          drop_last=True, seed=0)  # fmt: skip
+    optimizer = make_optimizer(args, model, CPU)
+    scheduler = make_scheduler(args, optimizer, len(loader))
+    ema = moving_average(model, args.ema) if args.ema is not None else None
+    step = TrainStep(model, optimizer, nn.CrossEntropyLoss(), CPU, "off", ema=ema,
+                     compiled=compiled, compile_backend=backend)  # fmt: skip
+    return args, model, loader, step, scheduler, TrainState(model, optimizer, scheduler,
+                                                            step.scaler, ema)  # fmt: skip
+
+
+def run_epoch(loader, step, scheduler, epoch: int, stop: StopRequest | None = None):
+    loader.set_epoch(epoch)
+    progress = EpochProgress.start(scheduler.get_last_lr()[0], CPU)
+    return train_one_epoch(step, loader, scheduler, progress, stop or StopRequest(), epoch=epoch)
+
+
+def test_an_epoch_trains_full_batches_and_sums_its_metrics():
+    _, model, loader, step, scheduler, _ = tiny_run()
+    before = [p.detach().clone() for p in model.parameters()]
+    progress = run_epoch(loader, step, scheduler, 0)
+    assert progress.samples == 64  # 80 images, batch 32: the partial last batch is dropped
+    summary = progress.summary()
+    assert summary["train_samples"] == 64 and 0 <= summary["train_top1"] <= 100
+    assert math.isfinite(summary["train_loss"])
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_identity_init_starts_at_the_uniform_loss():
+    _, model, loader, step, _, _ = tiny_run("--preset", "fast", "--batch-size", "32")
+    loader.set_epoch(0)
+    images, labels = next(iter(loader))
+    loss, _ = step.forward_loss(images, labels)
+    assert loss.item() == pytest.approx(math.log(10), abs=0.05)
+
+
+def test_state_round_trip_restores_every_part():
+    _, model, loader, step, scheduler, state = tiny_run("--ema", "0.9")
+    run_epoch(loader, step, scheduler, 0)
+    state.history, state.epoch, state.best_valid_top1 = [{"epoch": 1}], 1, 12.5
+    saved = state.state_dict()
+    _, model2, _, _, _, state2 = tiny_run("--ema", "0.9")
+    state2.load_state_dict(saved)
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, model2.state_dict()[key]), key
+    for key, tensor in state.ema.module.state_dict().items():
+        assert torch.equal(tensor, state2.ema.module.state_dict()[key]), key
+    assert (state2.epoch, state2.best_valid_top1, state2.history) == (1, 12.5, [{"epoch": 1}])
+    assert state2.scheduler.state_dict() == state.scheduler.state_dict()
+
+
+def test_optimizer_state_of_another_shape_is_refused():
+    _, _, loader, step, scheduler, state = tiny_run()
+    run_epoch(loader, step, scheduler, 0)
+    saved = state.state_dict()
+    first = next(iter(saved["optimizer"]["state"].values()))
+    first["momentum_buffer"] = torch.zeros(7)
+    with pytest.raises(ValueError, match="momentum_buffer of shape"):
+        tiny_run()[-1].load_state_dict(saved)
+
+
+def test_a_stop_request_interrupts_between_steps():
+    _, _, loader, step, scheduler, _ = tiny_run(batch=16)
+    stop = StopRequest()
+    stop.signal = signal.SIGTERM
+    with pytest.raises(Interrupted) as stopped:
+        run_epoch(loader, step, scheduler, 0, stop)
+    assert stopped.value.signum == signal.SIGTERM
+    assert stopped.value.progress.samples == 16 and loader.step == 1
+
+
+def test_out_of_memory_names_the_batch_size():
+    _, _, loader, _, scheduler, _ = tiny_run()
+
+    def out_of_memory(images, labels):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    step = TrainStep(nn.Linear(1, 1), None, None, CPU, "off")
+    step.__class__ = type(
+        "OOMStep", (TrainStep,), {"__call__": lambda self, x, y: out_of_memory(x, y)}
+    )
+    with pytest.raises(UserError, match=r"--batch-size 32; try --batch-size 16"):
+        run_epoch(loader, step, scheduler, 0)
+
+
+def test_a_run_with_a_partial_last_batch_compiles_once():
+    counter = CompileCounterWithBackend("aot_eager")
+    _, model, loader, step, scheduler, _ = tiny_run(compiled=True, backend=counter)
+    for epoch in range(2):
+        run_epoch(loader, step, scheduler, epoch)
+        loader_eval = DeviceLoader(loader.images.cpu(), loader.labels.cpu(), 32, mean=(0.5,) * 3,
+                                   std=(0.25,) * 3, train=False)  # fmt: skip
+        evaluate(model, loader_eval, 10, CPU, "off")  # evaluation stays eager
+    assert counter.frame_count == 1
+
+
+def test_compiled_step_trains_as_the_eager_one():
+    _, eager_model, loader, step, scheduler, _ = tiny_run()
+    run_epoch(loader, step, scheduler, 0)
+    _, compiled_model, loader, step, scheduler, _ = tiny_run(compiled=True, backend="aot_eager")
+    run_epoch(loader, step, scheduler, 0)
+    for key, tensor in eager_model.state_dict().items():
+        torch.testing.assert_close(compiled_model.state_dict()[key], tensor, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("schedule", ["step", "cosine", "onecycle"])
+def test_every_schedule_warms_up(schedule):
+    args, _, loader, step, scheduler, _ = tiny_run(
+        "--schedule", schedule, "--warmup-epochs", "1", "--lr", "0.4", batch=8
+    )
+    rates = []
+    for _ in range(len(loader)):
+        rates.append(scheduler.get_last_lr()[0])
+        scheduler.step()
+    assert rates[0] < 0.1 and rates == sorted(rates) and rates[-1] == pytest.approx(0.4, rel=0.2)
+
+
+def test_unknown_optimizer_or_schedule_is_an_error():
+    args, model, *_ = tiny_run()
+    args.optimizer = "lbfgs"
+    with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'"):
+        make_optimizer(args, model, CPU)
+    args.optimizer, args.schedule = "sgd", "exponential"
+    with pytest.raises(ValueError, match="unknown schedule 'exponential'"):
+        make_scheduler(args, make_optimizer(args, model, CPU), 10)
+
+
+def test_no_weight_decay_on_norm_and_bias():
+    args, model, *_ = tiny_run("--no-decay-norm-bias")
+    groups = make_optimizer(args, model, CPU).param_groups
+    assert [g["weight_decay"] for g in groups] == [args.weight_decay, 0.0]
+    assert all(p.ndim == 1 for p in groups[1]["params"]) and groups[1]["params"]
+
+
+def test_resume_names_changed_fields_and_accepts_older_checkpoints():
+    args = parse_args(["--lr", "0.05", "--device", "cpu", "--compile"])
+    saved = dict(vars(parse_args([])))
+    assert resume_mismatches(saved, args) == ["--lr 0.1 (now 0.05)"]
+    # A checkpoint written before --ema, --cutout or --init existed holds none of them.
+    older = {k: v for k, v in vars(parse_args([])).items() if k not in ("ema", "cutout", "init")}
+    assert resume_mismatches(older, parse_args([])) == []
+    assert resume_mismatches(older, parse_args(["--ema", "0.9"])) == ["--ema None (now 0.9)"]

@@ -1,0 +1,237 @@
+"""The checkpoint format, and the one way from a checkpoint to a model ready to run.
+
+A checkpoint is a dict saved with ``torch.save`` holding tensors and plain containers only,
+so ``torch.load(weights_only=True)`` reads it without running code. Its keys:
+
+==================  ==========================================================================
+``format``          ``"fishnet-cifar-checkpoint"``; ``version``: :data:`CHECKPOINT_VERSION`
+``model``           ``{"name": registered model, "kwargs": its factory's arguments}``
+``state_dict``      the trained weights
+``ema_state_dict``  the moving average of the weights, where the run kept one (``--ema``);
+                    evaluation and prediction use it
+``classes``         class names in label order
+``normalization``   ``{"mean": [3 floats], "std": [3 floats]}`` of the training split
+``dataset``         class names and the sha256 of the training manifest
+``args``            the training flags
+``history``         one dict per finished epoch; ``epoch``: their number
+``train_state``     what --resume needs besides the weights (:class:`training.engine.TrainState`)
+==================  ==========================================================================
+
+Checkpoints of version 1 kept the resume state at the top level; they still load.
+"""
+
+import math
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from dataloader import normalize
+from models import MODELS, build_model
+from training.cli import UserError, first_line
+from training.files import atomic_write
+from training.precision import autocast, resolve_amp
+
+CHECKPOINT_FORMAT = "fishnet-cifar-checkpoint"
+CHECKPOINT_VERSION = 1
+# A checkpoint of FishNet-201 is about 175 MB with its optimizer state; anything far
+# larger is not one, and reading it whole could exhaust the memory.
+MAX_CHECKPOINT_BYTES = 4 << 30
+
+
+def save_checkpoint(checkpoint: dict, path: Path) -> None:
+    checkpoint = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **checkpoint}
+    try:
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+    except (OSError, RuntimeError) as error:
+        # torch.save reports a full disk as a RuntimeError; the previous file is intact.
+        raise UserError(
+            f"{path}: cannot write the checkpoint ({first_line(error)}); the previous one, "
+            "if any, is intact"
+        ) from None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Loads a checkpoint of this repository and checks its parts; anything else is a
+    one-line UserError naming the file and what is wrong."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise UserError(f"{path}: no such checkpoint file")
+        size = path.stat().st_size
+    except OSError as error:
+        raise UserError(f"{path}: cannot read ({first_line(error)})") from None
+    if size > MAX_CHECKPOINT_BYTES:
+        raise UserError(f"{path}: {size / 2**30:.1f} GiB, too large to be a checkpoint")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols of foreign files
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower() and "unsupported" in str(error).lower():
+            raise UserError(
+                f"{path}: not a checkpoint of this repository (it holds objects other than "
+                "tensors and plain containers, which are not loaded since that could run code)"
+            ) from None
+        raise UserError(f"{path}: not a readable checkpoint (damaged or not one)") from None
+    except Exception as error:
+        raise UserError(
+            f"{path}: not a readable checkpoint (damaged, truncated or not one: "
+            f"{first_line(error)})"
+        ) from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not a checkpoint of this repository")
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise UserError(
+            f"{path}: checkpoint version {checkpoint.get('version')!r}, "
+            f"this code reads version {CHECKPOINT_VERSION}"
+        )
+    check_model_parts(checkpoint, path)
+    return checkpoint
+
+
+def _require(condition: bool, path: Path, what: str) -> None:
+    if not condition:
+        raise UserError(f"{path}: damaged checkpoint: {what}")
+
+
+def _is_tensor_dict(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in value.items()
+    )
+
+
+def check_model_parts(checkpoint: dict, path: Path) -> None:
+    """What every reader needs: the model's name and arguments, its weights, the classes,
+    the normalisation, the training flags and the epoch."""
+    spec = checkpoint.get("model")
+    _require(
+        isinstance(spec, dict)
+        and spec.get("name") in MODELS
+        and isinstance(spec.get("kwargs"), dict),
+        path,
+        f"'model' must name one of {', '.join(MODELS)} with its arguments",
+    )
+    _require(_is_tensor_dict(checkpoint.get("state_dict")), path, "'state_dict' is not weights")
+    if "ema_state_dict" in checkpoint:
+        _require(_is_tensor_dict(checkpoint["ema_state_dict"]), path, "bad 'ema_state_dict'")
+    classes = checkpoint.get("classes")
+    _require(
+        isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes),
+        path,
+        "'classes' must be a non-empty list of names",
+    )
+    stats = checkpoint.get("normalization")
+    _require(isinstance(stats, dict), path, "no 'normalization'")
+    for key in ("mean", "std"):
+        values = stats.get(key)
+        _require(
+            isinstance(values, list)
+            and len(values) == 3
+            and all(isinstance(v, float | int) and math.isfinite(v) for v in values),
+            path,
+            f"normalization '{key}' must be 3 finite numbers",
+        )
+    _require(all(v > 0 for v in stats["std"]), path, "normalization 'std' must be positive")
+    _require(isinstance(checkpoint.get("args"), dict), path, "no training flags ('args')")
+    epoch = checkpoint.get("epoch")
+    _require(isinstance(epoch, int) and epoch >= 0, path, "'epoch' must be a whole number")
+    _require(isinstance(checkpoint.get("history"), list), path, "'history' must be a list")
+
+
+def model_from_checkpoint(checkpoint: dict, path: Path, weights: str = "state_dict") -> nn.Module:
+    """The checkpoint's model with its weights (``state_dict`` or ``ema_state_dict``).
+
+    The arguments are checked against the weights on the meta device first, so that a
+    checkpoint claiming a huge model allocates nothing before it is refused.
+    """
+    spec, state_dict = checkpoint["model"], checkpoint[weights]
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(spec["name"], **spec["kwargs"])
+        expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state_dict.items()}
+        if expected != found:
+            wrong = sorted(set(expected) ^ set(found)) or [
+                k for k in expected if expected[k] != found[k]
+            ]
+            raise ValueError(f"{len(wrong)} tensors differ, first {wrong[0]}")
+        model = build_model(spec["name"], **spec["kwargs"])
+        model.load_state_dict(state_dict)
+    except (ValueError, RuntimeError, TypeError) as error:
+        raise UserError(
+            f"{path}: the weights do not fit {spec['name']} with {spec['kwargs']} "
+            f"({first_line(error)})"
+        ) from None
+    num_outputs = spec["kwargs"].get("num_classes", 10)
+    if num_outputs != len(checkpoint["classes"]):
+        raise UserError(
+            f"{path}: {len(checkpoint['classes'])} class names for {num_outputs} outputs"
+        )
+    return model
+
+
+@dataclass
+class ReadyModel:
+    """A checkpoint's model on a device, in evaluation mode, with the numerics of its
+    training run: its normalisation, memory format and precision."""
+
+    model: nn.Module
+    checkpoint: dict
+    device: torch.device
+    amp: str
+    channels_last: bool
+
+    @property
+    def classes(self) -> list[str]:
+        return self.checkpoint["classes"]
+
+    @property
+    def normalization(self) -> dict:
+        return self.checkpoint["normalization"]
+
+    def inputs(self, images: Tensor) -> Tensor:
+        """uint8 [B, 3, H, W] images as the model's normalised float input."""
+        statistics = self.normalization
+        batch = normalize(images.to(self.device), statistics["mean"], statistics["std"])
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> dict[str, Tensor]:
+        """Every stage's map (the model's forward_features), in float32."""
+        with autocast(self.device, self.amp):
+            features = self.model.forward_features(self.inputs(images))
+        return {name: feature.float() for name, feature in features.items()}
+
+    @torch.no_grad()
+    def probabilities(self, images: Tensor) -> Tensor:
+        """Softmax over the classes, float32 [B, num_classes]."""
+        with autocast(self.device, self.amp):
+            logits = self.model(self.inputs(images))
+        return logits.float().softmax(dim=1)
+
+
+def load_ready_model(
+    path: Path, device: torch.device, amp: str | None = None, checkpoint: dict | None = None
+) -> ReadyModel:
+    """The model of a checkpoint file, ready to run on ``device``.
+
+    The weights are the moving average where the run kept one (it is what validation
+    scored). The precision is the run's on CUDA and fp32 on a CPU, unless ``amp`` says
+    otherwise; the memory format is the run's.
+    """
+    checkpoint = checkpoint if checkpoint is not None else load_checkpoint(path)
+    trained = checkpoint["args"]
+    weights = "ema_state_dict" if "ema_state_dict" in checkpoint else "state_dict"
+    model = model_from_checkpoint(checkpoint, path, weights).to(device).eval()
+    channels_last = bool(trained.get("channels_last", False))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if amp is None:
+        amp = resolve_amp(trained.get("amp"), device) if device.type == "cuda" else "off"
+    return ReadyModel(model, checkpoint, device, amp, channels_last)

@@ -1,0 +1,399 @@
+"""The pieces of a training run: its state, one optimizer step, one epoch, interruption.
+
+train.py strings them together; bench.py times the step; tests drive them in-process.
+"""
+
+import os
+import random
+import signal
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from training.cli import UserError, first_line
+from training.distributed import all_reduce_sum, is_main_process, log
+from training.metrics import count_topk_correct
+from training.precision import autocast, grad_scaler
+
+PROGRESS_EVERY = 25  # steps between progress-bar updates, each of which waits for the device
+ESTIMATE_AFTER = 5  # steps after start-up before the run's duration is estimated
+STARTUP_STEPS = 3  # compilation, CUDA-graph capture and cuDNN autotuning happen in these
+NO_STEP = 2**62  # "no step yet" for the device-side record of the first non-finite loss
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped an epoch between two steps; the run's state is consistent."""
+
+    def __init__(self, signum: int, progress: "EpochProgress") -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.progress = progress
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM: the epoch stops at the next step (raising :class:`Interrupted`).
+
+    A second signal stops at once (KeyboardInterrupt), losing only the current epoch.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self.handle)
+
+    def handle(self, signum: int, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint after this step")
+
+
+def compile_step(function, mode: str | None, backend="inductor"):
+    """torch.compile with static shapes (every training step has the same), or the
+    function itself with a warning where compilation is unavailable.
+
+    Compilation is lazy: errors in the first step fall back to eager execution per graph
+    (suppress_errors) instead of ending the run.
+    """
+    torch._dynamo.config.suppress_errors = True
+    try:
+        return torch.compile(function, mode=mode, dynamic=False, backend=backend)
+    except Exception as error:
+        warnings.warn(
+            f"torch.compile is unavailable ({first_line(error)}); running eagerly", stacklevel=2
+        )
+        return function
+
+
+class TrainStep:
+    """One optimizer step: forward, loss, backward, update, moving average.
+
+    The forward pass and loss (with the top-k hits, so the logits never leave the graph)
+    may be compiled; ``compile_mode="reduce-overhead"`` replays them as CUDA graphs, whose
+    outputs are read before the next step overwrites them. The optimizer is a fused one,
+    outside the graph, so the learning rate may change every step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: nn.Module,
+        device: torch.device,
+        amp: str,
+        *,
+        ema: AveragedModel | None = None,
+        compile_mode: str | None = None,
+        compiled: bool = False,
+        compile_backend="inductor",
+    ) -> None:
+        self.model, self.optimizer, self.criterion = model, optimizer, criterion
+        self.device, self.amp, self.ema = device, amp, ema
+        self.scaler = grad_scaler(device, amp)
+        self.compiled = compiled
+        self.forward = (
+            compile_step(self.forward_loss, compile_mode, compile_backend)
+            if compiled
+            else self.forward_loss
+        )
+
+    def forward_loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        with autocast(self.device, self.amp):
+            logits = self.model(images)
+            loss = self.criterion(logits, labels)
+        return loss, count_topk_correct(logits.detach(), labels)
+
+    def __call__(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(float32 loss, top-1 and top-5 hits), both detached and on the device."""
+        if self.compiled:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss, hits = self.forward(images, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return loss.detach().float(), hits
+
+
+def moving_average(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of the weights and the batch-norm statistics."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+@dataclass
+class EpochProgress:
+    """An epoch's sums so far, kept on the device and read only at progress updates; an
+    interrupted epoch carries them into the resumed run, which then logs what an unbroken
+    one would."""
+
+    lr: float
+    loss_sum: Tensor
+    top1_hits: Tensor
+    top5_hits: Tensor
+    samples: int = 0
+    seconds: float = 0.0
+    startup_seconds: float = 0.0
+
+    @classmethod
+    def start(cls, lr: float, device: torch.device) -> "EpochProgress":
+        zero = torch.zeros((), device=device, dtype=torch.float64)
+        return cls(lr, zero, zero.clone(), zero.clone())
+
+    def add(self, loss: Tensor, hits: Tensor, count: int) -> None:
+        self.loss_sum += loss * count
+        self.top1_hits += hits[0]
+        self.top5_hits += hits[1]
+        self.samples += count
+
+    def sums(self) -> Tensor:
+        return torch.stack([self.loss_sum, self.top1_hits, self.top5_hits])
+
+    def summary(self) -> dict:
+        """Mean loss and top-1/top-5 (percent) over the processes; waits for the device."""
+        totals = all_reduce_sum(self.sums().clone())
+        samples = int(all_reduce_sum(torch.tensor([self.samples], device=totals.device)))
+        loss_sum, top1, top5 = totals.tolist()
+        return {
+            "train_loss": loss_sum / samples,
+            "train_top1": 100 * top1 / samples,
+            "train_top5": 100 * top5 / samples,
+            "train_samples": samples,
+        }
+
+    def state_dict(self) -> dict:
+        """This process's sums, on the CPU."""
+        return {
+            "lr": self.lr,
+            "totals": self.sums().cpu(),
+            "samples": self.samples,
+            "seconds": self.seconds,
+            "startup_seconds": self.startup_seconds,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device) -> "EpochProgress":
+        loss_sum, top1, top5 = state["totals"].to(device, torch.float64).unbind()
+        return cls(
+            float(state["lr"]),
+            loss_sum.clone(),
+            top1.clone(),
+            top5.clone(),
+            int(state["samples"]),
+            float(state["seconds"]),
+            float(state.get("startup_seconds", 0.0)),
+        )
+
+
+@dataclass
+class EpochClock:
+    """What the first epoch of a run prints: start-up time and the run's cost."""
+
+    epochs_left: int
+    steps_done: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    steady_from: float | None = None
+
+
+def _agree(first_nonfinite: Tensor, stopping: bool) -> tuple[int, bool]:
+    """(first step with a non-finite loss on any process, whether any process must stop)."""
+    flags = torch.stack(
+        [first_nonfinite, torch.tensor(-int(stopping), device=first_nonfinite.device)]
+    )
+    if dist.is_initialized():
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    bad_step, stop = flags.tolist()
+    return bad_step, stop < 0
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_one_epoch(
+    step: TrainStep,
+    loader,
+    scheduler,
+    progress: EpochProgress,
+    stop: StopRequest,
+    *,
+    epoch: int,
+    clock: EpochClock | None = None,
+) -> EpochProgress:
+    """Trains until the loader's epoch ends; raises :class:`Interrupted` on a stop request
+    and a UserError on a non-finite loss or when the GPU runs out of memory.
+
+    ``clock``, given for the first epoch a process runs, times the start-up steps and
+    prints an estimate of the run's duration before the epoch ends.
+    """
+    device = progress.loss_sum.device
+    first_nonfinite = torch.full((), NO_STEP, device=device)
+    started = time.perf_counter()
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}",
+        initial=loader.step,
+        total=len(loader),
+        leave=False,
+        dynamic_ncols=True,
+        disable=not is_main_process(),
+    )
+    step.model.train()
+    try:
+        for index, (images, labels) in enumerate(bar, start=loader.step):
+            loss, hits = step(images, labels)
+            scheduler.step()
+            progress.add(loss, hits, len(labels))
+            first_nonfinite = torch.minimum(
+                first_nonfinite, torch.where(torch.isfinite(loss), NO_STEP, index)
+            )
+            if clock is not None:
+                _time_the_run(clock, progress, device, len(loader))
+            # Ranks decide together, at the same steps, so none waits for the others forever.
+            at_check = index % PROGRESS_EVERY == 0 or index == len(loader) - 1
+            if at_check or (stop.signal and not dist.is_initialized()):
+                bad_step, stopping = _agree(first_nonfinite, stop.signal is not None)
+                if bad_step != NO_STEP:
+                    raise UserError(
+                        f"the loss is not finite (NaN or inf) at epoch {epoch + 1}, "
+                        f"step {bad_step + 1}: training stopped; last.pt and best.pt keep the "
+                        "last good state (try a lower --lr)"
+                    )
+                loss_sum, top1 = progress.loss_sum.item(), progress.top1_hits.item()
+                bar.set_postfix(
+                    loss=f"{loss_sum / progress.samples:.3f}",
+                    top1=f"{100 * top1 / progress.samples:.1f}",
+                )
+                if stopping:
+                    progress.seconds += time.perf_counter() - started
+                    raise Interrupted(stop.signal or signal.SIGTERM, progress)
+    except torch.cuda.OutOfMemoryError:
+        raise UserError(
+            f"out of GPU memory at --batch-size {loader.batch_size}; "
+            f"try --batch-size {max(1, loader.batch_size // 2)}"
+        ) from None
+    finally:
+        bar.close()
+    progress.seconds += time.perf_counter() - started
+    return progress
+
+
+def _time_the_run(clock: EpochClock, progress: EpochProgress, device, steps: int) -> None:
+    clock.steps_done += 1
+    if clock.steps_done == STARTUP_STEPS:
+        _synchronize(device)
+        clock.steady_from = time.perf_counter()
+        progress.startup_seconds = clock.steady_from - clock.started
+        log(
+            f"start-up: the first {STARTUP_STEPS} steps took {progress.startup_seconds:.1f} s "
+            "(compilation, CUDA-graph capture and autotuning happen there)"
+        )
+    elif clock.steps_done == STARTUP_STEPS + ESTIMATE_AFTER:
+        _synchronize(device)
+        per_step = (time.perf_counter() - clock.steady_from) / ESTIMATE_AFTER
+        epoch_minutes = per_step * steps / 60
+        hint = "; a CUDA GPU is much faster" if device.type == "cpu" else ""
+        log(
+            f"estimate: {per_step:.2f} s per step, about {epoch_minutes:.1f} min of training "
+            f"per epoch and {epoch_minutes * clock.epochs_left:.0f} min for the "
+            f"{clock.epochs_left} epoch{'s' * (clock.epochs_left != 1)} left, "
+            f"validation apart{hint}"
+        )
+
+
+class TrainState:
+    """What a run changes as it trains, besides the weights: optimizer, scheduler, gradient
+    scaler and moving average, the history, the best score, the random generators and the
+    position in an interrupted epoch. ``state_dict()`` gives the checkpoint's keys."""
+
+    def __init__(self, model, optimizer, scheduler, scaler, ema: AveragedModel | None) -> None:
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.scaler, self.ema = scaler, ema
+        self.history: list[dict] = []
+        self.best_valid_top1 = -1.0
+        self.epoch = 0  # epochs finished
+        self.partial: dict | None = None  # loaders and progress of an interrupted epoch
+
+    def state_dict(self) -> dict:
+        state = {
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "history": self.history,
+            "epoch": self.epoch,
+            "best_valid_top1": self.best_valid_top1,
+            "partial": self.partial,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+                "python": random.getstate(),
+            },
+        }
+        if self.ema is not None:
+            state["ema_state_dict"] = self.ema.module.state_dict()
+            state["ema_updates"] = self.ema.n_averaged
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores a checkpoint's state; KeyError, TypeError or ValueError if a part is
+        missing or does not fit this run."""
+        self.model.load_state_dict(state["state_dict"])
+        _check_optimizer_state(self.optimizer, state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:  # checkpoints from before fp16 training have none
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if "ema_state_dict" not in state:
+                raise KeyError("ema_state_dict")
+            self.ema.module.load_state_dict(state["ema_state_dict"])
+            self.ema.n_averaged.copy_(state["ema_updates"])
+        if not isinstance(state["history"], list) or not isinstance(state["epoch"], int):
+            raise TypeError("history must be a list and epoch a whole number")
+        self.history, self.epoch = state["history"], state["epoch"]
+        self.best_valid_top1 = float(state["best_valid_top1"])
+        self.partial = state["partial"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(_as_python_state(rng["python"]))
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _as_python_state(value) -> tuple:
+    # torch.save keeps random.getstate()'s nested tuples; check the shape before using it.
+    version, internal, gauss = value
+    return (int(version), tuple(int(v) for v in internal), gauss)
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """load_state_dict checks the number of parameters, not the shapes of their momenta."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved_groups = state["param_groups"]
+    saved_ids = [i for group in saved_groups for i in group["params"]]
+    if len(saved_ids) != len(params):
+        raise ValueError(f"optimizer state for {len(saved_ids)} parameters, not {len(params)}")
+    for param, saved_id in zip(params, saved_ids, strict=True):
+        for name, value in state["state"].get(saved_id, {}).items():
+            if isinstance(value, Tensor) and value.ndim and value.shape != param.shape:
+                raise ValueError(f"optimizer {name} of shape {tuple(value.shape)}")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not deterministic

@@ -1,0 +1,80 @@
+"""Top-k counts and the evaluation of a split, with counts kept on the device."""
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from training.distributed import all_reduce_sum, is_main_process
+from training.precision import autocast
+
+TOPK = (1, 5)
+
+
+def count_topk_correct(logits: Tensor, targets: Tensor) -> Tensor:
+    """Correct predictions among the top 1 and top 5 (or all classes, if fewer), on the device."""
+    k = min(max(TOPK), logits.shape[1])
+    hits = logits.topk(k, dim=1).indices == targets[:, None]
+    return torch.stack([hits[:, : min(topk, k)].any(dim=1).sum() for topk in TOPK])
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    num_classes: int,
+    device: torch.device,
+    amp: str,
+    *,
+    flip: bool = False,
+    desc: str | None = None,
+) -> dict:
+    """Loss, top-1, top-5 (percent) and the confusion matrix (rows: true class) of a split.
+
+    ``flip`` also scores the mean of the logits of every image and its mirror image
+    (``flip_top1``, ``flip_top5``), beside the plain scores, never instead of them. ``desc``
+    shows a progress bar with that label. Counts stay on the device until the end, so the
+    loop never waits for the GPU.
+    """
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros(2 * len(TOPK), device=device, dtype=torch.int64)
+    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
+    batches = tqdm(
+        loader,
+        desc=desc,
+        leave=False,
+        dynamic_ncols=True,
+        disable=desc is None or not is_main_process(),
+    )
+    for images, labels in batches:
+        with autocast(device, amp):
+            logits = model(images).float()
+            if flip:
+                mirrored = (logits + model(images.flip(3)).float()) / 2
+                correct[len(TOPK) :] += count_topk_correct(mirrored, labels)
+        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
+        correct[: len(TOPK)] += count_topk_correct(logits, labels)
+        confusion += torch.bincount(
+            labels * num_classes + logits.argmax(1), minlength=num_classes * num_classes
+        )
+    for total in (loss_sum, correct, confusion):
+        all_reduce_sum(total)  # each process evaluated its own shard of the split
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    samples = int(confusion.sum())
+    top1, top5, flip_top1, flip_top5 = (100.0 * correct.cpu().double() / max(samples, 1)).tolist()
+    result = {
+        "loss": loss_sum.item() / max(samples, 1),
+        "top1": top1,
+        "top5": top5,
+        "samples": samples,
+        "confusion": confusion,
+    }
+    if flip:
+        result.update(flip_top1=flip_top1, flip_top5=flip_top5)
+    return result
+
+
+def per_class_accuracy(confusion: Tensor) -> list[float]:
+    return (100.0 * confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()

@@ -1,0 +1,89 @@
+"""A run's history as files (JSON, CSV) and as the figures a report would show."""
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+from torch import Tensor
+
+from training.files import atomic_write
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+
+
+def write_history(history: list[dict], out_dir: Path, title: str) -> None:
+    """history.json, history.csv (one row per epoch), acc.png and loss.png."""
+    atomic_write(
+        out_dir / "history.json", lambda tmp: tmp.write_text(json.dumps(history, indent=1))
+    )
+
+    def write_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(history[0]), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(history)
+
+    atomic_write(out_dir / "history.csv", write_csv)
+    plot_history(history, out_dir, title)
+
+
+def _epoch_axes(title: str, ylabel: str, epochs: list[int]):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    # Whole epochs only, and a 1-epoch run gets an axis around its single point.
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, max(epochs) + 0.5)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def plot_history(history: list[dict], out_dir: Path, title: str) -> None:
+    """acc.png (top-1 and top-5 of every evaluated split) and loss.png, on linear axes."""
+    epochs = [row["epoch"] for row in history]
+    style = {"marker": "o", "markersize": 3}
+    splits = [s for s in ("train", "valid", "test") if f"{s}_top1" in history[0]]
+    colors = {"train": "tab:blue", "valid": "tab:orange", "test": "tab:green"}
+    fig, ax = _epoch_axes(f"Accuracy: {title}", "accuracy (%)", epochs)
+    for split in splits:
+        for k, linestyle in (("top1", "-"), ("top5", "--")):
+            values = [row[f"{split}_{k}"] for row in history]
+            label = f"{split} top-{k[-1]}"
+            ax.plot(epochs, values, color=colors[split], linestyle=linestyle, label=label, **style)
+    ax.set_ylim(0, 100)
+    ax.legend()
+    _save(fig, out_dir / "acc.png")
+
+    fig, ax = _epoch_axes(f"Loss: {title}", "cross-entropy", epochs)
+    for split in splits:
+        values = [row[f"{split}_loss"] for row in history]
+        ax.plot(epochs, values, color=colors[split], label=split, **style)
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    _save(fig, out_dir / "loss.png")
+
+
+def plot_confusion(confusion: Tensor, classes: list[str], title: str, path: Path) -> None:
+    size = max(5.0, 0.45 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(confusion.numpy(), cmap="Blues")
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=90)
+    ax.set_yticks(ticks, classes)
+    if len(classes) <= 20:
+        threshold = confusion.max().item() / 2
+        for i in ticks:
+            for j in ticks:
+                value = confusion[i, j].item()
+                color = "white" if value > threshold else "black"
+                ax.text(j, i, value, ha="center", va="center", color=color, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    _save(fig, path)
