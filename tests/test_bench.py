@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import run_script
 
+from models import build_model
 from training.engine import compile_step
 from training.options import parse_args as parse_train_args
-from models import build_model
 
 CPU_SMALL = ["--width", "0.25", "--device", "cpu"]
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 from conftest import SMALL, run_download_data, run_script
 from PIL import Image
-from training.checkpoint import load_checkpoint, model_from_checkpoint
 
 from data import download_data
 from data.download_data import CIFAR100
+from training.checkpoint import load_checkpoint, model_from_checkpoint
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 5, 2
 

@@ -65,7 +65,7 @@ def test_an_epoch_trains_full_batches_and_sums_its_metrics():
 
 
 def test_identity_init_starts_at_the_uniform_loss():
-    _, model, loader, step, _, _ = tiny_run("--preset", "fast", "--batch-size", "32")
+    _, _model, loader, step, _, _ = tiny_run("--preset", "fast", "--batch-size", "32")
     loader.set_epoch(0)
     images, labels = next(iter(loader))
     loss, _ = step.forward_loss(images, labels)
@@ -143,7 +143,7 @@ def test_compiled_step_trains_as_the_eager_one():
 
 @pytest.mark.parametrize("schedule", ["step", "cosine", "onecycle"])
 def test_every_schedule_warms_up(schedule):
-    args, _, loader, step, scheduler, _ = tiny_run(
+    _args, _, loader, _step, scheduler, _ = tiny_run(
         "--schedule", schedule, "--warmup-epochs", "1", "--lr", "0.4", batch=8
     )
     rates = []

@@ -17,6 +17,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT, SMALL, one_line_error, run_download_data, run_script, without_timing
 
+from training.checkpoint import load_checkpoint
+
 
 @pytest.fixture
 def trained_run(synthetic_cifar10_dir, tmp_path):

@@ -19,10 +19,10 @@ from conftest import (
     run_script,
 )
 from PIL import Image
-from training.checkpoint import load_checkpoint, model_from_checkpoint
 
 from dataloader import DeviceLoader, load_split, read_manifest
 from predict import Classifier, read_image
+from training.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 def train(data: Path, out: Path, *args: str) -> Path:
