@@ -21,8 +21,8 @@ from conftest import (
 from PIL import Image
 
 from dataloader import DeviceLoader, load_split, read_manifest
-from predict import Classifier, read_image
-from training.checkpoint import load_checkpoint, model_from_checkpoint
+from predict import read_image
+from training.checkpoint import load_checkpoint, load_ready_model, model_from_checkpoint
 
 
 def train(data: Path, out: Path, *args: str) -> Path:
@@ -200,7 +200,7 @@ def test_predict_errors_are_one_line(synthetic_checkpoint, tmp_path):
 
 
 def test_classifier_matches_the_training_numerics(synthetic_checkpoint, synthetic_cifar10_dir):
-    classifier = Classifier(synthetic_checkpoint, torch.device("cpu"))
+    classifier = load_ready_model(synthetic_checkpoint, torch.device("cpu"))
     images, _ = load_split(synthetic_cifar10_dir, "valid")
     batch = classifier.inputs(images[:4])
     assert batch.is_contiguous(memory_format=torch.channels_last)
@@ -234,7 +234,7 @@ def test_visualize_draws_one_panel_per_stage_at_its_resolution(synthetic_checkpo
         assert png.format == "PNG" and png.width > 1000
     assert "tail1 16x16" in result.stdout and "body3 32x32" in result.stdout
 
-    classifier = Classifier(synthetic_checkpoint, torch.device("cpu"))
+    classifier = load_ready_model(synthetic_checkpoint, torch.device("cpu"))
     pixels = read_image(image)
     features = {k: v[0] for k, v in classifier.features(pixels[None]).items()}
     figure = draw_fish(pixels, features, "test")

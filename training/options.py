@@ -24,6 +24,7 @@ from training.precision import AMP_CHOICES
 #           84.54 % test top-1 in 12 epochs (102.6 s) before the identity init, the
 #           norm/bias exemption and the moving average were added.
 # accuracy: untuned; the same H100 run reached 90.99 % in 60 epochs (425 s).
+# cpu:      measured on a 2-core CPU (README, "Recipes").
 FAST = {
     "epochs": 12,  # epochs
     "batch_size": 512,  # images per step and process
@@ -40,6 +41,16 @@ PRESETS = {
     "seed": {},
     "fast": FAST,
     "accuracy": {**FAST, "epochs": 60, "ema": 0.999},
+    # Minutes on a laptop CPU: a quarter-width FishNet-99 on 10,000 images for 2 epochs.
+    "cpu": {
+        **FAST,
+        "width": 0.25,
+        "train_subset": 10_000,  # images
+        "epochs": 2,
+        "batch_size": 64,
+        "lr": 0.2,
+        "ema": None,
+    },
 }
 
 # What defines a run: --resume refuses to continue a run when one of these differs, and
