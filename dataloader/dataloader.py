@@ -37,7 +37,11 @@ AUGMENTATIONS = ("crop-flip", "none", "imagenet")
 # smallest area than ImageNet's 0.08, since a 32x32 image has little to spare.
 RESIZED_CROP_SCALE = (0.35, 1.0)
 RESIZED_CROP_RATIO = (3 / 4, 4 / 3)
-# AlexNet PCA lighting: eigenvalues and eigenvectors (columns) of the ImageNet RGB covariance.
+# AlexNet PCA lighting: eigenvalues and eigenvectors (columns) of the ImageNet RGB covariance,
+# as fb.resnet.torch's Lighting uses them: rgb = eigvec @ (alpha * eigval), so the largest
+# component shifts all three channels alike (a brightness change, -0.123, -0.126, -0.127 per
+# unit alpha). The FishNet release's ColorAugmentation multiplies the eigenvalues with the rows
+# of the column-reversed matrix instead, directions that are not eigenvectors; not followed.
 LIGHTING_ALPHASTD = 0.1
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_EIGVEC = (

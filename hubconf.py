@@ -1,0 +1,63 @@
+"""torch.hub entry points, one per registered model.
+
+    model = torch.hub.load("path/to/this/repo", "fishnet99", source="local", width=0.5)
+    backbone = torch.hub.load(REPO, "fishnet99", source="local", features_only=True,
+                              out_indices=(5, 6, 7))
+    trained = torch.hub.load(REPO, "fishnet99", source="local", checkpoint="runs/x/best.pt")
+
+Every entry point takes its factory's keyword arguments (num_classes, stem, width, init,
+FishNet's ablation switches, timm's features_only and out_indices) and ``checkpoint``: a
+checkpoint written by train.py, whose model then replaces the factory's (only
+features_only and out_indices may be given with it).
+"""
+
+from models import build_model as _build_model
+from models.features import as_backbone as _as_backbone
+
+dependencies = ["torch"]
+
+
+def _load_trained(path):
+    """(model name, model with its weights) of a checkpoint written by train.py."""
+    from utils import load_checkpoint, model_from_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    return checkpoint["model"]["name"], model_from_checkpoint(checkpoint, path)
+
+
+def _entry(name, checkpoint, features_only, out_indices, kwargs):
+    if checkpoint is None:
+        return _build_model(name, features_only=features_only, out_indices=out_indices, **kwargs)
+    if kwargs:
+        raise ValueError(
+            f"{checkpoint} defines the model; do not also pass {', '.join(sorted(kwargs))}"
+        )
+    trained_name, model = _load_trained(checkpoint)
+    if trained_name != name:
+        raise ValueError(f"{checkpoint} holds a {trained_name}, not a {name}")
+    return _as_backbone(model, features_only, out_indices)
+
+
+def fishnet99(checkpoint=None, features_only=False, out_indices=None, **kwargs):
+    """FishNet-99 (16.6 M parameters with the ImageNet stem); see models.fishnet."""
+    return _entry("fishnet99", checkpoint, features_only, out_indices, kwargs)
+
+
+def fishnet150(checkpoint=None, features_only=False, out_indices=None, **kwargs):
+    """FishNet-150 (25.0 M parameters with the ImageNet stem); see models.fishnet."""
+    return _entry("fishnet150", checkpoint, features_only, out_indices, kwargs)
+
+
+def fishnet201(checkpoint=None, features_only=False, out_indices=None, **kwargs):
+    """FishNet-201 (44.6 M parameters with the ImageNet stem); see models.fishnet."""
+    return _entry("fishnet201", checkpoint, features_only, out_indices, kwargs)
+
+
+def resnet50(checkpoint=None, features_only=False, out_indices=None, **kwargs):
+    """Pre-activation ResNet-50, the baseline; see models.resnet."""
+    return _entry("resnet50", checkpoint, features_only, out_indices, kwargs)
+
+
+def resnet101(checkpoint=None, features_only=False, out_indices=None, **kwargs):
+    """Pre-activation ResNet-101, the baseline; see models.resnet."""
+    return _entry("resnet101", checkpoint, features_only, out_indices, kwargs)

@@ -1,0 +1,190 @@
+"""Convert a FishNet checkpoint of the authors' release (kevin-ssy/FishNet) to this repository's.
+
+    python -m models.convert fishnet99_ckpt.tar fishnet99.pt [--model fishnet99]
+
+The output is a checkpoint as train.py writes it (ImageNet stem, width 1, their number of
+classes), which eval.py and predict.py read. ImageNet's class names are not available
+offline, so the classes are named "class 0" to "class 999"; give eval.py ``--data``.
+
+Both implementations have the same tensors; only the names differ. Theirs: the stem is
+``conv1``..``conv3``, the fish ``fish.fish.<stage>.<part>``, where each stage is a list
+(tail: units, pool; bridge: score, score conv, units, SE gate; body and head: units,
+transfer units, sampling; the last stage then the classifier's neck and fc) and each
+bottleneck names its layers ``bn1, conv1, .., bn3, conv3, shortcut``. Every tensor is
+renamed by these rules and checked against our shape, so a tensor that does not fit is
+refused rather than loaded into the wrong place.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from .fishnet import CONFIGS, FishConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Their bottleneck's layers -> our Bottleneck's (BN-ReLU-conv three times in `residual`).
+BOTTLENECK_LAYERS = {
+    "bn1": "residual.0",
+    "conv1": "residual.2",
+    "bn2": "residual.3",
+    "conv2": "residual.5",
+    "bn3": "residual.6",
+    "conv3": "residual.8",
+    "shortcut": "shortcut",
+}
+# Our module prefixes that hold a sequence of bottlenecks.
+UNIT_SEQUENCES = ("units.", "transfer.")
+
+
+class ConversionError(ValueError):
+    """The authors' state dict does not fit the model; the message is one line."""
+
+
+def authors_prefixes(config: FishConfig) -> dict[str, str]:
+    """Their module prefixes -> ours, for a FishNet of ``config``."""
+    prefixes = {f"conv{i + 1}.": f"stem.{i}." for i in range(3)}
+    num_tail, num_stages = config.num_tail, len(config.units)
+    num_body = num_tail
+    for stage in range(num_stages):
+        theirs = f"fish.fish.{stage}."
+        if stage < num_tail:
+            prefixes[theirs + "0."] = f"tail.{stage}.units."
+        elif stage == num_tail:
+            prefixes |= {
+                theirs + "0.": "bridge.score.",
+                theirs + "1.": "bridge.score.5.",
+                theirs + "2.": "bridge.units.",
+                theirs + "3.0.": "bridge.gate.",
+            }
+        else:
+            j = stage - num_tail - 1
+            ours = f"body.{j}." if j < num_body else f"head.{j - num_body}."
+            prefixes[theirs + "0."] = ours + "units."
+            prefixes[theirs + "1."] = ours + "transfer."
+    last = f"fish.fish.{num_stages - 1}."
+    prefixes[last + "3."] = "classifier.neck."
+    prefixes[last + "4.1."] = "classifier.fc."
+    return prefixes
+
+
+def our_name(key: str, prefixes: dict[str, str]) -> str:
+    matches = [prefix for prefix in prefixes if key.startswith(prefix)]
+    if not matches:
+        raise ConversionError(f"{key}: no counterpart in this repository's FishNet")
+    theirs = max(matches, key=len)
+    ours, rest = prefixes[theirs], key[len(theirs) :]
+    if ours.endswith(UNIT_SEQUENCES):
+        unit, layer, tensor = rest.split(".", 2)
+        if layer not in BOTTLENECK_LAYERS:
+            raise ConversionError(f"{key}: {layer!r} is not a layer of a bottleneck")
+        rest = f"{unit}.{BOTTLENECK_LAYERS[layer]}.{tensor}"
+    return ours + rest
+
+
+def unwrap(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The bare state dict of a checkpoint: their main.py saves {"state_dict": ..} of a
+    DataParallel model, whose names start with ``module.``."""
+    state = checkpoint.get("state_dict", checkpoint)
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def convert_state_dict(
+    state: dict[str, torch.Tensor], name: str, width: float = 1.0
+) -> tuple[dict[str, torch.Tensor], int]:
+    """``state`` (their names, unwrapped) as a state dict of our ``name`` with the ImageNet
+    stem; also returns the number of classes. A ConversionError says what does not fit."""
+    from . import build_model
+
+    if name not in CONFIGS:
+        raise ConversionError(f"unknown FishNet {name!r}; choose one of: {', '.join(CONFIGS)}")
+    fc_bias = state.get(f"fish.fish.{len(CONFIGS[name].units) - 1}.4.1.bias")
+    if fc_bias is None:
+        raise ConversionError(f"no classifier of a {name} in the checkpoint")
+    with torch.device("meta"):  # names and shapes only
+        model = build_model(name, num_classes=len(fc_bias), stem="imagenet", width=width)
+    ours = model.state_dict()
+    prefixes = authors_prefixes(CONFIGS[name])
+    converted = {}
+    for key, tensor in state.items():
+        target = our_name(key, prefixes)
+        if target not in ours:
+            raise ConversionError(f"{key}: {target} is not a tensor of {name}")
+        if tensor.shape != ours[target].shape:
+            raise ConversionError(
+                f"{key} has shape {tuple(tensor.shape)}, but {name}'s {target} has "
+                f"{tuple(ours[target].shape)}"
+            )
+        converted[target] = tensor
+    for target in ours.keys() - converted.keys():
+        # PyTorch before 0.4.1 (the authors' release) saved no num_batches_tracked.
+        if not target.endswith("num_batches_tracked"):
+            raise ConversionError(f"the checkpoint has no tensor for {name}'s {target}")
+        converted[target] = torch.zeros((), dtype=torch.long)
+    return {key: converted[key] for key in ours}, len(fc_bias)
+
+
+def infer_model(state: dict[str, torch.Tensor]) -> str:
+    """The FishNet whose stages have as many units as the checkpoint's."""
+    for name in CONFIGS:
+        try:
+            convert_state_dict(state, name)
+        except ConversionError:
+            continue
+        return name
+    raise ConversionError(
+        f"the checkpoint fits none of {', '.join(CONFIGS)}; name one with --model"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m models.convert",
+        description="Convert a FishNet ImageNet checkpoint of the authors' release "
+        "(kevin-ssy/FishNet) into a checkpoint of this repository for eval.py and predict.py.",
+    )
+    parser.add_argument("authors", type=Path, help="their checkpoint, e.g. fishnet99_ckpt.tar")
+    parser.add_argument("out", type=Path, help="the checkpoint to write, e.g. fishnet99.pt")
+    parser.add_argument(
+        "--model", choices=list(CONFIGS), help="the FishNet it holds (default: inferred)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from utils import save_checkpoint
+
+    try:
+        checkpoint = torch.load(args.authors, map_location="cpu", weights_only=True)
+        state = unwrap(checkpoint)
+        name = args.model or infer_model(state)
+        state_dict, num_classes = convert_state_dict(state, name)
+    except (OSError, RuntimeError, ValueError, AttributeError) as error:
+        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"python -m models.convert: error: {args.authors}: {text}", file=sys.stderr)
+        sys.exit(2)
+    save_checkpoint(
+        {
+            "model": {
+                "name": name,
+                "kwargs": {"num_classes": num_classes, "stem": "imagenet", "width": 1.0},
+            },
+            "state_dict": state_dict,
+            "classes": [f"class {i}" for i in range(num_classes)],
+            "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            # What eval.py and predict.py read of a training run: its numerics, no dataset.
+            "args": {"amp": False, "channels_last": False, "data": None, "model": name},
+            "epoch": checkpoint.get("epoch", 0),
+            "source": str(args.authors),
+        },
+        args.out,
+    )
+    print(f"{args.out}: {name}, {num_classes} classes, from {args.authors}")
+
+
+if __name__ == "__main__":
+    main()
