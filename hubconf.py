@@ -19,7 +19,7 @@ dependencies = ["torch"]
 
 def _load_trained(path):
     """(model name, model with its weights) of a checkpoint written by train.py."""
-    from utils import load_checkpoint, model_from_checkpoint
+    from training.checkpoint import load_checkpoint, model_from_checkpoint
 
     checkpoint = load_checkpoint(path)
     return checkpoint["model"]["name"], model_from_checkpoint(checkpoint, path)

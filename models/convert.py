@@ -156,7 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from utils import save_checkpoint
+    from training.checkpoint import save_checkpoint
 
     try:
         checkpoint = torch.load(args.authors, map_location="cpu", weights_only=True)
@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
             "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             # What eval.py and predict.py read of a training run: its numerics, no dataset.
             "args": {"amp": False, "channels_last": False, "data": None, "model": name},
-            "epoch": checkpoint.get("epoch", 0),
+            "epoch": int(checkpoint.get("epoch", 0)),
+            "history": [],
             "source": str(args.authors),
         },
         args.out,

@@ -142,12 +142,15 @@ def check_model_parts(checkpoint: dict, path: Path) -> None:
     _require(isinstance(checkpoint.get("history"), list), path, "'history' must be a list")
 
 
-def model_from_checkpoint(checkpoint: dict, path: Path, weights: str = "state_dict") -> nn.Module:
-    """The checkpoint's model with its weights (``state_dict`` or ``ema_state_dict``).
+def model_from_checkpoint(checkpoint: dict, path: Path, weights: str | None = None) -> nn.Module:
+    """The checkpoint's model with its weights: ``state_dict``, ``ema_state_dict`` or, by
+    default, the moving average where the run kept one (it is what validation scored).
 
     The arguments are checked against the weights on the meta device first, so that a
     checkpoint claiming a huge model allocates nothing before it is refused.
     """
+    if weights is None:
+        weights = "ema_state_dict" if "ema_state_dict" in checkpoint else "state_dict"
     spec, state_dict = checkpoint["model"], checkpoint[weights]
     try:
         with torch.device("meta"):
@@ -221,14 +224,12 @@ def load_ready_model(
 ) -> ReadyModel:
     """The model of a checkpoint file, ready to run on ``device``.
 
-    The weights are the moving average where the run kept one (it is what validation
-    scored). The precision is the run's on CUDA and fp32 on a CPU, unless ``amp`` says
+    The weights are the moving average where the run kept one. The precision is the run's on CUDA and fp32 on a CPU, unless ``amp`` says
     otherwise; the memory format is the run's.
     """
     checkpoint = checkpoint if checkpoint is not None else load_checkpoint(path)
     trained = checkpoint["args"]
-    weights = "ema_state_dict" if "ema_state_dict" in checkpoint else "state_dict"
-    model = model_from_checkpoint(checkpoint, path, weights).to(device).eval()
+    model = model_from_checkpoint(checkpoint, path).to(device).eval()
     channels_last = bool(trained.get("channels_last", False))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
