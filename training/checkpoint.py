@@ -224,8 +224,8 @@ def load_ready_model(
 ) -> ReadyModel:
     """The model of a checkpoint file, ready to run on ``device``.
 
-    The weights are the moving average where the run kept one. The precision is the run's on CUDA and fp32 on a CPU, unless ``amp`` says
-    otherwise; the memory format is the run's.
+    The weights are the moving average where the run kept one. The precision is the run's
+    on CUDA and fp32 on a CPU, unless ``amp`` says otherwise; the memory format is the run's.
     """
     checkpoint = checkpoint if checkpoint is not None else load_checkpoint(path)
     trained = checkpoint["args"]
