@@ -60,15 +60,18 @@ def run_download_data(
 SMALL = ["--model", "fishnet99", "--width", "0.25", "--batch-size", "32", "--device", "cpu"]
 
 
-def run_script(script: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Runs one of the repository's scripts (train.py, eval.py, ...) as a user would."""
+def run_script(
+    script: str, *args, timeout: int = 600, cwd: Path = REPO_ROOT
+) -> subprocess.CompletedProcess:
+    """Runs one of the repository's scripts (train.py, eval.py, ...) as a user would, from
+    the repository's folder unless ``cwd`` says otherwise."""
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / script), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
-        cwd=REPO_ROOT,
+        cwd=cwd,
     )
 
 

@@ -1,11 +1,12 @@
 """train.py and eval.py from the command line, as a user runs them."""
 
 import json
+import shutil
 import subprocess
 
 import pytest
 import torch
-from conftest import SMALL, run_script, without_timing
+from conftest import SMALL, one_line_error, run_script, without_timing
 from PIL import Image
 
 
@@ -110,3 +111,64 @@ def test_learns_real_cifar10_on_the_cpu(cifar10_dir, tmp_path):
     result = run_script("eval.py", out / "last.pt", "--split", "test", "--json", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["test"]["top1"] >= 40
+
+
+def test_moving_average_flip_cutout_fp16_and_the_run_record(synthetic_cifar10_dir, tmp_path):
+    out = tmp_path / "run"
+    flags = ["--epochs", "1", "--ema", "0.9", "--flip-eval", "--cutout", "8", "--amp", "fp16"]
+    train(synthetic_cifar10_dir, out, *flags)
+    checkpoint = torch.load(out / "last.pt", weights_only=True)
+    assert "ema_state_dict" in checkpoint and checkpoint["scaler"]["scale"] > 0
+    row = checkpoint["history"][0]
+    assert {"valid_flip_top1", "valid_flip_top5", "startup_time", "eval_time"} <= set(row)
+    record = json.loads((out / "args.json").read_text())
+    assert record["args"]["ema"] == 0.9 and "train.py" in record["command"]
+    assert "--ema 0.9" in record["command"]
+
+    # eval.py scores the moving average, as validation did, from any folder.
+    result = run_script("eval.py", out / "best.pt", "--json", "--flip", "--device", "cpu",
+                        "--split", "valid", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)["valid"]
+    assert scores["top1"] == pytest.approx(row["valid_top1"])
+    assert scores["flip_top1"] == pytest.approx(row["valid_flip_top1"])
+
+
+def test_train_on_all_reports_test_only(synthetic_cifar10_dir, tmp_path):
+    out = tmp_path / "run"
+    train(synthetic_cifar10_dir, out, "--epochs", "1", "--train-on-all")
+    (row,) = json.loads((out / "history.json").read_text())
+    assert row["train_samples"] == 96  # 80 train + 20 valid images, full batches of 32
+    assert "test_top1" in row and "valid_top1" not in row
+    assert (out / "best.pt").is_file()
+
+
+def test_a_checkpoint_from_before_new_flags_still_resumes(synthetic_cifar10_dir, tmp_path):
+    out = tmp_path / "run"
+    train(synthetic_cifar10_dir, out, "--epochs", "1")
+    checkpoint = torch.load(out / "last.pt", weights_only=True)
+    for key in ("ema", "cutout", "init", "decay_norm_bias", "train_on_all", "flip_eval"):
+        del checkpoint["args"][key]
+    del checkpoint["scaler"]
+    checkpoint["args"]["amp"] = False  # older runs recorded bf16 autocast as a boolean
+    torch.save(checkpoint, out / "last.pt")
+    resumed = train(synthetic_cifar10_dir, out, "--epochs", "2", "--resume")  # step: may grow
+    assert "resuming" in resumed.stdout
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_eval_refuses_data_the_run_was_not_scored_on(synthetic_cifar10_dir, tmp_path):
+    out = tmp_path / "run"
+    train(synthetic_cifar10_dir, out, "--epochs", "1")
+    swapped = tmp_path / "swapped"
+    shutil.copytree(synthetic_cifar10_dir, swapped)
+    train_manifest = (swapped / "train_img2labels.json").read_text()
+    (swapped / "valid_img2labels.json").write_text(train_manifest)
+    (swapped / "valid_cache.pt").unlink(missing_ok=True)
+    refused = run_script("eval.py", out / "best.pt", "--device", "cpu", "--split", "valid",
+                         "--data", swapped)  # fmt: skip
+    assert refused.returncode == 0 and "warning" in refused.stderr  # --data given: a warning
+    checkpoint = torch.load(out / "best.pt", weights_only=True)
+    checkpoint["dataset"]["path"] = str(swapped)
+    torch.save(checkpoint, tmp_path / "moved.pt")
+    one_line_error(run_script("eval.py", tmp_path / "moved.pt", "--device", "cpu"), "valid split")
