@@ -324,9 +324,9 @@ class Run:
 
     def restore(self, checkpoint: dict, path: Path, data: Data, rank: int, world_size: int) -> None:
         saved = checkpoint.get("dataset")
-        if not isinstance(saved, dict) or any(
-            saved.get(key) != data.fingerprint[key] for key in ("classes", "train_sha256")
-        ):
+        if not isinstance(saved, dict):
+            raise UserError(f"{path}: damaged checkpoint: no record of its dataset")
+        if any(saved.get(key) != data.fingerprint[key] for key in ("classes", "train_sha256")):
             raise UserError(
                 f"--resume: {path} was trained on another dataset than {self.args.data} "
                 "(other classes or another training split)"
@@ -415,7 +415,13 @@ class Run:
                 atomic_write(out / "best.pt", lambda tmp: shutil.copyfile(out / "last.pt", tmp))
             args = self.args
             title = f"{args.model} (width {args.width}), {out.name}"
-            write_history(state.history, out, title)
+            try:
+                write_history(state.history, out, title)
+            except OSError as error:
+                raise UserError(
+                    f"--out {out}: cannot write the history and plots ({first_line(error)}); "
+                    "last.pt holds the epoch, resume with --resume"
+                ) from None
         return is_best
 
     def checkpoint(self, data: Data, epoch: int) -> dict:

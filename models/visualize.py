@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 
 from predict import read_image
 from training.checkpoint import load_ready_model
-from training.cli import HelpFormatter, run_cli
+from training.cli import HelpFormatter, UserError, first_line, run_cli
 from training.distributed import resolve_device
 from training.files import atomic_write
 
@@ -88,7 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("checkpoint", type=Path, help="a last.pt or best.pt written by train.py")
     add("image", type=Path, help="an image file (any size and mode)")
-    add("--out", type=Path, default=None, help="PNG to write (default: ./fish_IMAGE.png)")
+    add(
+        "--out",
+        type=Path,
+        default=None,
+        help="PNG to write (none given: fish_IMAGE.png beside the checkpoint)",
+    )
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     return parser.parse_args(argv)
 
@@ -108,8 +113,11 @@ def main(argv: list[str] | None = None) -> None:
         "the mean over channels of every stage's map, drawn at its own resolution"
     )
     fig = draw_fish(image, {name: f[0].cpu() for name, f in features.items()}, title)
-    out = args.out or Path(f"fish_{args.image.stem}.png")
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    out = args.out or args.checkpoint.parent / f"fish_{args.image.stem}.png"
+    try:
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot write the figure ({first_line(error)})") from None
     plt.close(fig)
     sizes = ", ".join(f"{n} {f.shape[-2]}x{f.shape[-1]}" for n, f in features.items())
     print(f"{out}: input 32x32, {sizes}")

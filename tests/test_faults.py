@@ -204,3 +204,97 @@ def test_finished_run_is_not_overwritten(trained_run, synthetic_cifar10_dir):
     assert finished.returncode == 0 and "nothing to do" in finished.stdout
     assert (trained_run / "last.pt").read_bytes() == before
     assert run_script("train.py", *data, "--overwrite").returncode == 0
+
+
+def _damage(checkpoint: dict, damage: str) -> dict:
+    """A checkpoint that passes the format check but is damaged inside."""
+    weights = checkpoint["state_dict"]
+    first = next(iter(weights))
+    if damage == "wrong tensor shape":
+        weights[first] = torch.zeros(3)
+    elif damage == "missing weights":
+        del weights[first]
+    elif damage.startswith("no "):
+        del checkpoint[damage[3:]]
+    elif damage == "epoch as text":
+        checkpoint["epoch"] = "1"
+    elif damage == "fewer class names than outputs":
+        checkpoint["classes"] = checkpoint["classes"][:3]
+    elif damage == "5-channel mean":
+        checkpoint["normalization"]["mean"] = [0.5] * 5
+    elif damage == "std of 0":
+        checkpoint["normalization"]["std"] = [0.0, 0.2, 0.2]
+    elif damage == "a huge width":
+        checkpoint["model"]["kwargs"]["width"] = 64.0
+    elif damage == "optimizer state of another shape":
+        state = next(iter(checkpoint["optimizer"]["state"].values()))
+        state["momentum_buffer"] = torch.zeros(5)
+    elif damage == "wrong-size RNG state":
+        checkpoint["rng"]["torch"] = torch.zeros(7, dtype=torch.uint8)
+    elif damage == "position past the epoch's end":
+        checkpoint["partial"] = {
+            "loaders": [{"epoch": 1, "step": 99, "augment_rng": None}],
+            "progress": {"lr": 0.1, "totals": torch.zeros(3), "samples": 0, "seconds": 0.0},
+        }
+    return checkpoint
+
+
+MODEL_DAMAGE = [
+    "wrong tensor shape", "missing weights", "no model", "no args", "no normalization",
+    "no history", "no classes", "epoch as text", "fewer class names than outputs",
+    "5-channel mean", "std of 0", "a huge width",
+]  # fmt: skip
+RESUME_DAMAGE = [
+    "no optimizer", "no dataset", "no rng", "optimizer state of another shape",
+    "wrong-size RNG state", "position past the epoch's end",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", MODEL_DAMAGE)
+def test_damaged_checkpoint_is_one_line_for_every_reader(trained_run, tmp_path, damage):
+    from training.checkpoint import load_ready_model
+    from training.cli import UserError
+
+    bad = tmp_path / "bad.pt"
+    torch.save(_damage(torch.load(trained_run / "last.pt", weights_only=True), damage), bad)
+    with pytest.raises(UserError, match=str(bad)):
+        load_ready_model(bad, torch.device("cpu"))
+
+
+def test_damaged_checkpoint_on_the_command_line(trained_run, tmp_path):
+    bad = tmp_path / "bad.pt"
+    checkpoint = _damage(torch.load(trained_run / "last.pt", weights_only=True), "std of 0")
+    torch.save(checkpoint, bad)
+    one_line_error(run_script("eval.py", bad, "--device", "cpu"), str(bad), "std")
+    one_line_error(run_script("predict.py", bad, trained_run / "acc.png"), str(bad))
+
+
+@pytest.mark.parametrize("damage", RESUME_DAMAGE)
+def test_damaged_checkpoint_is_refused_by_resume(trained_run, synthetic_cifar10_dir, damage):
+    last = trained_run / "last.pt"
+    torch.save(_damage(torch.load(last, weights_only=True), damage), last)
+    before = last.read_bytes()
+    flags = ["--data", synthetic_cifar10_dir, "--out", trained_run, *SMALL, "--epochs", "2"]
+    one_line_error(run_script("train.py", *flags, "--resume"), "last.pt")
+    assert last.read_bytes() == before
+
+
+def test_unwritable_outputs_are_refused_before_training(synthetic_cifar10_dir, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    flags = ["--data", synthetic_cifar10_dir, *SMALL, "--epochs", "1"]
+    one_line_error(run_script("train.py", *flags, "--out", a_file), "--out", "not a folder")
+    inside_a_file = a_file / "run"
+    one_line_error(run_script("train.py", *flags, "--out", inside_a_file), "--out")
+
+
+def test_a_second_run_into_the_same_folder_is_refused(synthetic_cifar10_dir, tmp_path):
+    from training.files import FolderLock
+
+    out = tmp_path / "run"
+    lock = FolderLock(out)
+    assert lock.acquire()  # as a first run holds it while it trains
+    flags = ["--data", synthetic_cifar10_dir, "--out", out, *SMALL, "--epochs", "1"]
+    one_line_error(run_script("train.py", *flags), "another run is writing there")
+    lock.release()
+    assert not (out / "last.pt").exists()
