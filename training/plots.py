@@ -11,6 +11,7 @@ from training.files import atomic_write
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
@@ -34,7 +35,7 @@ def _epoch_axes(title: str, ylabel: str, epochs: list[int]):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     # Whole epochs only, and a 1-epoch run gets an axis around its single point.
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlim(0.5, max(epochs) + 0.5)
     ax.grid(alpha=0.3)
     return fig, ax
@@ -46,13 +47,14 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_history(history: list[dict], out_dir: Path, title: str) -> None:
-    """acc.png (top-1 and top-5 of every evaluated split) and loss.png, on linear axes."""
+def history_figures(history: list[dict], title: str) -> tuple[Figure, Figure]:
+    """The accuracy figure (top-1 and top-5 of every evaluated split) and the loss figure,
+    on linear axes from zero, against whole epochs."""
     epochs = [row["epoch"] for row in history]
     style = {"marker": "o", "markersize": 3}
     splits = [s for s in ("train", "valid", "test") if f"{s}_top1" in history[0]]
     colors = {"train": "tab:blue", "valid": "tab:orange", "test": "tab:green"}
-    fig, ax = _epoch_axes(f"Accuracy: {title}", "accuracy (%)", epochs)
+    accuracy, ax = _epoch_axes(f"Accuracy: {title}", "accuracy (%)", epochs)
     for split in splits:
         for k, linestyle in (("top1", "-"), ("top5", "--")):
             values = [row[f"{split}_{k}"] for row in history]
@@ -60,15 +62,21 @@ def plot_history(history: list[dict], out_dir: Path, title: str) -> None:
             ax.plot(epochs, values, color=colors[split], linestyle=linestyle, label=label, **style)
     ax.set_ylim(0, 100)
     ax.legend()
-    _save(fig, out_dir / "acc.png")
 
-    fig, ax = _epoch_axes(f"Loss: {title}", "cross-entropy", epochs)
+    loss, ax = _epoch_axes(f"Loss: {title}", "cross-entropy", epochs)
     for split in splits:
         values = [row[f"{split}_loss"] for row in history]
         ax.plot(epochs, values, color=colors[split], label=split, **style)
     ax.set_ylim(bottom=0)
     ax.legend()
-    _save(fig, out_dir / "loss.png")
+    return accuracy, loss
+
+
+def plot_history(history: list[dict], out_dir: Path, title: str) -> None:
+    """acc.png and loss.png of :func:`history_figures`."""
+    accuracy, loss = history_figures(history, title)
+    _save(accuracy, out_dir / "acc.png")
+    _save(loss, out_dir / "loss.png")
 
 
 def plot_confusion(confusion: Tensor, classes: list[str], title: str, path: Path) -> None:
