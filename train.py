@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.device) -> None:
     out, main_process = Path(args.out), rank == 0
+    if args.sync_bn and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA GPUs: SyncBatchNorm has no CPU implementation")
     lock, checkpoint = claim_output(args, out, main_process)
     seed_everything(args.seed, args.deterministic)
     data = Data.load(args, device, rank, world_size)
