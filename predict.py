@@ -15,44 +15,24 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch import Tensor
 from tqdm import tqdm
 
+from dataloader.images import ImageError, read_image_file
 from training.checkpoint import load_ready_model
-from training.cli import HelpFormatter, UserError, first_line, positive_int, program_name, run_cli
+from training.cli import HelpFormatter, UserError, positive_int, program_name, run_cli
 from training.distributed import resolve_device
 
-INPUT_SIZE = 32  # the side of the images the CIFAR models take
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def read_image(path: Path) -> Tensor:
-    """An image file of any format PIL reads, any size and mode, as uint8 RGB [3, 32, 32].
-
-    A 32x32 image keeps its pixels, so a prepared dataset's PNGs give exactly what training
-    and evaluation saw; others are resized as download_data.py --resize does: shorter side to
-    32 (bicubic), then the centre.
-    """
+    """read_image_file, with its failures as one-line user errors."""
     try:
-        with Image.open(path) as opened:
-            # A large JPEG decodes at a fraction of its size, still no smaller than the input.
-            opened.draft(None, (INPUT_SIZE, INPUT_SIZE))
-            image = ImageOps.exif_transpose(opened)
-            if image.mode in ("I", "I;16", "I;16B", "I;16L"):
-                # 16-bit grayscale: convert("RGB") would clip it at 255 rather than scale it.
-                image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8))
-            image = image.convert("RGB")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except Exception as error:
-        # PIL's decoders report damaged or foreign files with many kinds of exception.
-        raise UserError(f"{path}: not a readable image ({first_line(error)})") from None
-    if image.size != (INPUT_SIZE, INPUT_SIZE):
-        image = ImageOps.fit(image, (INPUT_SIZE, INPUT_SIZE), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+        return read_image_file(path)
+    except ImageError as error:
+        raise UserError(str(error)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

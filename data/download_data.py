@@ -23,7 +23,11 @@ script):
 
 Same source and seed give byte-identical manifests; a run that finds them in place does no work.
 Everything is written into a temporary folder beside the dataset and renamed into place, so an
-interrupted or failed run leaves the previous dataset (or nothing) behind.
+interrupted or failed run leaves the previous dataset (or nothing) behind; a lock file in <out>
+keeps a second run from preparing the same dataset there at the same time.
+Images are read as dataloader/images.py says (EXIF orientation, 16-bit and float modes).
+Archives are read member by member: links, special files, names leading outside the archive
+and members larger than any CIFAR file are refused before anything is read or extracted.
 Bad sources end with a one-line error on stderr and exit status 2.
 """
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -38,6 +43,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import stat
 import sys
 import tarfile
 import tempfile
@@ -47,15 +53,29 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+# Run as a script, sys.path[0] is data/; the repository root holds the dataloader package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dataloader.dataloader import DataError, read_manifest, read_regular_file
+from dataloader.images import ImageError, ImageSizeError, cifar_pixels
 
 EXIT_BAD_SOURCE = 2
-IMAGE_SIZE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 STAMP_FILE = "prepared.json"
 CLASSES_FILE = "classes.json"
 SPLITS = ("train", "valid", "test")
+MANIFEST_FILES = tuple(f"{split}_img2labels.json" for split in SPLITS)
 STAMP_FORMAT = 1
+
+# Bounds checked before a source file is read or extracted. The largest official file is a
+# 31 MB batch and a CIFAR image is a few KB; larger images are allowed for --resize.
+MAX_ARCHIVE_FILE_BYTES = 256 << 20
+MAX_IMAGE_BYTES = 16 << 20
+MAX_SOURCE_BYTES = 2 << 30
+MAX_STAMP_BYTES = 1 << 20
+MAX_JSON_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -152,25 +172,23 @@ class Samples:
 
 
 def encode_png(task: ImageTask) -> str | None:
-    """Decode one image, check or fix its size and mode, write it as PNG; return an error."""
+    """Decode one image, bring it to 32x32 RGB (dataloader.images), write it as PNG; return an
+    error."""
     source, name, destination, resize = task
     try:
         if isinstance(source, np.ndarray):
-            image = Image.fromarray(source)
+            pixels = source
         else:
-            opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-            with opened:
-                image = opened.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as opened:
+                pixels = cifar_pixels(opened, resize)
+    except ImageSizeError as error:
+        return f"image {name} is {error} (pass --resize to resize such images)"
+    except ImageError as error:
+        return f"cannot use image {name}: {error}"
+    except Exception as error:
+        # PIL's decoders report damaged, foreign or oversized files with many kinds of exception.
         return f"cannot decode image {name}: {one_line(error)}"
-    if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-        if not resize:
-            return (
-                f"image {name} is {image.width}x{image.height}, not {IMAGE_SIZE}x{IMAGE_SIZE} "
-                "(pass --resize to resize such images)"
-            )
-        image = ImageOps.fit(image, (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
-    image.save(destination, format="PNG")
+    Image.fromarray(pixels).save(destination, format="PNG")
     return None
 
 
@@ -199,26 +217,30 @@ def source_fingerprint(source: Path | None, spec: DatasetSpec) -> str:
         return f"file:sha256:{sha256_file(source)}"
     listing = hashlib.sha256()
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
-        stat = path.stat()
-        listing.update(f"{path.relative_to(source).as_posix()}\0{stat.st_size}\0".encode())
-        listing.update(f"{stat.st_mtime_ns}\n".encode())
+        status = path.stat()
+        # fsencode: a name that is not UTF-8 is refused later, with a message, not here.
+        listing.update(os.fsencode(path.relative_to(source).as_posix()))
+        listing.update(f"\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
     return f"folder:{listing.hexdigest()}"
 
 
 def is_prepared(dataset_dir: Path, stamp: dict) -> bool:
-    """Whether dataset_dir was made with this stamp and every file it lists is in place."""
+    """Whether dataset_dir was made with this stamp, its manifests and classes.json are the
+    ones written then and every image they name is in place."""
     try:
-        previous = json.loads((dataset_dir / STAMP_FILE).read_text())
+        previous = json.loads(read_regular_file(dataset_dir / STAMP_FILE, MAX_STAMP_BYTES))
         if not isinstance(previous, dict) or previous.get("made_with") != stamp:
             return False
-        for name, digest in previous["sha256"].items():
-            if sha256_file(dataset_dir / name) != digest:
+        digests = previous["sha256"]
+        if sorted(digests) != sorted((CLASSES_FILE, *MANIFEST_FILES)):
+            return False
+        for name, digest in digests.items():
+            content = read_regular_file(dataset_dir / name, MAX_JSON_BYTES)
+            if hashlib.sha256(content).hexdigest() != digest:
                 return False
-        for split in SPLITS:
-            manifest = json.loads((dataset_dir / f"{split}_img2labels.json").read_text())
-            if not all((dataset_dir / path).is_file() for path in manifest):
-                return False
-    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        for name in MANIFEST_FILES:
+            read_manifest(dataset_dir / name)
+    except (OSError, ValueError, KeyError, AttributeError, TypeError, RecursionError, DataError):
         return False
     return True
 
@@ -233,6 +255,12 @@ def load_official(folder: Path, spec: DatasetSpec, shown: str) -> Samples:
     official = getattr(torchvision.datasets, spec.torchvision_dataset)
     if folder.name == spec.archive_folder:
         folder = folder.parent
+    for path in (folder / spec.archive_folder).iterdir():
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode) and not stat.S_ISDIR(status.st_mode):
+            raise SourceError(f"{shown}: {path.name} is not a regular file")
+        if status.st_size > MAX_ARCHIVE_FILE_BYTES:
+            raise SourceError(f"{shown}: {path.name} is {too_large(status.st_size)}")
     try:
         train = official(str(folder), train=True, download=False)
         test = official(str(folder), train=False, download=False)
@@ -257,6 +285,23 @@ def load_official(folder: Path, spec: DatasetSpec, shown: str) -> Samples:
 
 def visible(path: PurePosixPath) -> bool:
     return not any(part.startswith(".") for part in path.parts)
+
+
+def too_large(size: int) -> str:
+    return f"{size:,} bytes, larger than any file of a CIFAR source"
+
+
+def checked_path(name: str, shown: str) -> PurePosixPath:
+    """A file name of a source as a relative path; one that would lead outside the folder it
+    is read into (absolute, or with '..') or is not UTF-8 is refused."""
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts:
+        raise SourceError(f"{shown}: refusing {name!r}, which leads outside the archive")
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        raise SourceError(f"{shown}: file name {name!r} is not UTF-8; rename it") from None
+    return path
 
 
 def image_folder_root(files: dict[PurePosixPath, Path | bytes]) -> PurePosixPath | None:
@@ -311,25 +356,52 @@ def load_image_folder(
     return Samples(train=by_split["train"], test=by_split["test"])
 
 
-def folder_files(folder: Path) -> dict[PurePosixPath, Path | bytes]:
+def folder_files(folder: Path, shown: str) -> dict[PurePosixPath, Path | bytes]:
     files: dict[PurePosixPath, Path | bytes] = {}
     for directory, _, names in os.walk(folder):
         for name in names:
             path = Path(directory, name)
-            relative = PurePosixPath(path.relative_to(folder).as_posix())
-            if visible(relative):
-                files[relative] = path
+            relative = checked_path(path.relative_to(folder).as_posix(), shown)
+            if not visible(relative):
+                continue
+            # Links are followed (the folder is the user's own), but only to regular files:
+            # a FIFO or a device would block or never end.
+            status = path.stat()
+            if not stat.S_ISREG(status.st_mode):
+                raise SourceError(f"{shown}: {relative} is not a regular file")
+            if status.st_size > MAX_IMAGE_BYTES:
+                raise SourceError(f"{shown}: {relative} is {too_large(status.st_size)}")
+            files[relative] = path
     return files
 
 
-def tar_files(tar: tarfile.TarFile) -> Iterator[tuple[PurePosixPath, bytes]]:
-    """The regular files of a tar, read in one pass (image folders need no extraction)."""
+def tar_members(
+    tar: tarfile.TarFile, shown: str
+) -> Iterator[tuple[PurePosixPath, tarfile.TarInfo]]:
+    """The regular files of a tar with their checked paths, read in one pass; links and
+    special files are refused, since extracting them could write outside the work folder."""
     for member in tar:
-        relative = PurePosixPath(*(p for p in PurePosixPath(member.name).parts if p != "."))
-        if member.isfile() and relative.parts and visible(relative):
-            stream = tar.extractfile(member)
-            if stream is not None:
-                yield relative, stream.read()
+        relative = checked_path(member.name, shown)
+        if member.isdir():
+            continue
+        if not member.isfile():
+            raise SourceError(
+                f"{shown}: {member.name} is a link or special file; only regular files are read"
+            )
+        yield relative, member
+
+
+def bounded_size(
+    member: tarfile.TarInfo, relative: PurePosixPath, max_bytes: int, total: int, shown: str
+) -> int:
+    """total plus the member's size, checked against max_bytes and MAX_SOURCE_BYTES before
+    the member is read (a small compressed tar can hold a huge member)."""
+    if member.size > max_bytes:
+        raise SourceError(f"{shown}: {relative} is {too_large(member.size)}")
+    total += member.size
+    if total > MAX_SOURCE_BYTES:
+        raise SourceError(f"{shown}: its files add up to more than {MAX_SOURCE_BYTES:,} bytes")
+    return total
 
 
 def refuse_other_archive(names: set[str], spec: DatasetSpec, shown: str) -> None:
@@ -347,27 +419,35 @@ def load_source(source: Path, spec: DatasetSpec, shown: str, work_dir: Path) -> 
         if source.name == spec.archive_folder or (source / spec.archive_folder).is_dir():
             return load_official(source, spec, shown)
         refuse_other_archive({source.name, *(p.name for p in source.iterdir())}, spec, shown)
-        return load_image_folder(folder_files(source), spec, shown)
+        return load_image_folder(folder_files(source, shown), spec, shown)
     try:
         with tarfile.open(source) as tar:
             files: dict[PurePosixPath, Path | bytes] = {}
-            for relative, content in tar_files(tar):
+            total = 0
+            for relative, member in tar_members(tar, shown):
                 if spec.archive_folder in relative.parts:
                     return extract_official(source, spec, shown, work_dir)
                 refuse_other_archive(set(relative.parts), spec, shown)
-                files[relative] = content
+                if visible(relative):
+                    total = bounded_size(member, relative, MAX_IMAGE_BYTES, total, shown)
+                    files[relative] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as error:
         raise SourceError(f"{shown} is not a readable tar archive ({one_line(error)})") from None
     return load_image_folder(files, spec, shown)
 
 
 def extract_official(source: Path, spec: DatasetSpec, shown: str, work_dir: Path) -> Samples:
-    from torchvision.datasets.utils import extract_archive
-
+    """Extract the official archive's folder, and nothing else, into the work folder."""
     extracted = work_dir / "source"
     try:
-        extract_archive(str(source), str(extracted))
-    except (RuntimeError, tarfile.TarError, OSError, EOFError) as error:
+        with tarfile.open(source) as tar:
+            total = 0
+            for relative, member in tar_members(tar, shown):
+                if spec.archive_folder in relative.parts:
+                    total = bounded_size(member, relative, MAX_ARCHIVE_FILE_BYTES, total, shown)
+                    # The "data" filter checks once more that nothing lands outside extracted.
+                    tar.extract(member, extracted, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as error:
         raise SourceError(f"{shown}: cannot extract ({one_line(error)})") from None
     folders = sorted(extracted.rglob(spec.archive_folder))
     if not folders:
@@ -461,8 +541,15 @@ def prepare(
 ) -> Path | None:
     """Make <out>/<name>/ from source; None when it was already in place."""
     shown = str(source) if source is not None else spec.url
-    if source is not None and not source.exists():
-        raise SourceError(f"source not found: {source}")
+    if source is not None:
+        try:
+            mode = source.stat().st_mode
+        except FileNotFoundError:
+            raise SourceError(f"source not found: {source}") from None
+        except OSError as error:
+            raise SourceError(f"{source}: cannot read ({one_line(error)})") from None
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            raise SourceError(f"{source}: not a file or folder (a FIFO or device is no source)")
     dataset_dir = out / spec.name
     stamp = {
         "format": STAMP_FORMAT,
@@ -471,12 +558,57 @@ def prepare(
         "seed": seed,
         "resize": resize,
     }
-    if is_prepared(dataset_dir, stamp):
-        return None
     out.mkdir(parents=True, exist_ok=True)
-    # Leftovers of runs that were killed before they could clean up after themselves.
-    for leftover in out.glob(f".{spec.name}.partial-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    with claim(out, spec):
+        if is_prepared(dataset_dir, stamp):
+            return None
+        # Leftovers of runs that died before they could clean up: a live run holds the claim.
+        for leftover in out.glob(f".{spec.name}.partial-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        return write_prepared(spec, source, shown, out, seed, resize, stamp)
+
+
+@contextlib.contextmanager
+def claim(out: Path, spec: DatasetSpec) -> Iterator[None]:
+    """Hold an exclusive flock on <out>/.<name>.lock for the run, or refuse at once.
+
+    The kernel releases a flock when its process dies, so a held lock always means a live
+    run. The lock file is removed when done; a run that locked a file removed meanwhile
+    locks the new one instead.
+    """
+    lock_path = out / f".{spec.name}.lock"
+    while True:
+        stream = open(lock_path, "a")  # noqa: SIM115 (held open, and closed, below)
+        try:
+            fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            stream.close()
+            raise SourceError(
+                f"{out / spec.name}: another download_data.py run is preparing it "
+                f"(it holds {lock_path}); wait for it to finish"
+            ) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock_path).st_ino == os.fstat(stream.fileno()).st_ino:
+                break
+        stream.close()
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        stream.close()
+
+
+def write_prepared(
+    spec: DatasetSpec,
+    source: Path | None,
+    shown: str,
+    out: Path,
+    seed: int,
+    resize: bool,
+    stamp: dict,
+) -> Path:
+    """Read the source and write <out>/<name>/ through a work folder renamed into place."""
+    dataset_dir = out / spec.name
     work_dir = Path(tempfile.mkdtemp(prefix=f".{spec.name}.partial-", dir=out))
     try:
         print(f"reading {shown}", flush=True)

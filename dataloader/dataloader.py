@@ -10,15 +10,19 @@ Two ways in:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
 import json
 import math
 import os
 import reprlib
+import stat
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -26,12 +30,19 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from dataloader.images import to_rgb
 from training.files import atomic_write
 
 SPLITS = ("train", "valid", "test")
 CLASSES_FILE = "classes.json"
 IMAGE_SHAPE = (3, 32, 32)
 AUGMENTATIONS = ("crop-flip", "none", "imagenet")
+
+# Bounds checked before a file is read, far above what download_data.py writes (a CIFAR-10
+# training manifest is 1.5 MB, an image 3 KB) and far below what would exhaust memory.
+MAX_JSON_BYTES = 64 << 20
+MAX_IMAGE_BYTES = 64 << 20
+MAX_LABEL_DIGITS = 20
 
 # Random resized crop of the "imagenet" recipe: torchvision's aspect ratios, but a larger
 # smallest area than ImageNet's 0.08, since a 32x32 image has little to spare.
@@ -72,21 +83,76 @@ def manifest_sha256(data_dir: str | os.PathLike, split: str) -> str:
     return hashlib.sha256(manifest_path(data_dir, split).read_bytes()).hexdigest()
 
 
+@contextlib.contextmanager
+def _open_regular(path: Path, max_bytes: int) -> Iterator[BinaryIO]:
+    """path opened for reading once it is known to be a regular file of at most max_bytes.
+
+    The open does not block and the checks come before any read, so a FIFO, a device (such
+    as a link to /dev/zero) or a huge sparse file raises ValueError instead of hanging or
+    filling memory.
+    """
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as stream:
+        status = os.fstat(stream.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise ValueError("not a regular file")
+        if status.st_size > max_bytes:
+            raise ValueError(f"{status.st_size:,} bytes, more than the {max_bytes:,} allowed")
+        yield stream
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """The content of a regular file of at most max_bytes; ValueError for anything else."""
+    with _open_regular(path, max_bytes) as stream:
+        content = stream.read(max_bytes + 1)
+    if len(content) > max_bytes:
+        raise ValueError(f"grew beyond the {max_bytes:,} bytes allowed while read")
+    return content
+
+
+class _JSONBeyondLimits(ValueError):
+    """Well-formed JSON that no manifest or classes.json holds."""
+
+
+def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # json keeps the last of repeated keys, which would silently drop manifest entries.
+    mapping: dict[str, object] = {}
+    for key, value in pairs:
+        if key in mapping:
+            raise _JSONBeyondLimits(f"entry {reprlib.repr(key)} appears more than once")
+        mapping[key] = value
+    return mapping
+
+
+def _small_int(digits: str) -> int:
+    # Checked before int() would run into Python's limit on the digits it converts.
+    if len(digits.lstrip("-")) > MAX_LABEL_DIGITS:
+        raise _JSONBeyondLimits(f"a number of {len(digits):,} digits")
+    return int(digits)
+
+
 def _read_json(path: Path) -> object:
     try:
-        text = path.read_text()
+        text = read_regular_file(path, MAX_JSON_BYTES).decode()
     except FileNotFoundError:
         raise DataError(
             f"{path}: not found (prepare the data with python data/download_data.py)"
         ) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read ({error})") from None
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot read ({_one_line(error)})") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_object_without_repeats, parse_int=_small_int)
     except json.JSONDecodeError as error:
         raise DataError(
             f"{path}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno})"
         ) from None
+    except _JSONBeyondLimits as error:
+        raise DataError(f"{path}: {error}") from None
+    except RecursionError:
+        raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def read_classes(data_dir: str | os.PathLike) -> list[str]:
@@ -108,7 +174,8 @@ def read_manifest(path: str | os.PathLike, num_classes: int | None = None) -> li
     """The (image path, label) entries of a manifest, image paths joined to its folder.
 
     Labels must lie in 0..num_classes-1; num_classes defaults to the length of the
-    classes.json beside the manifest. Every image must exist.
+    classes.json beside the manifest. Every image must be a regular file inside the
+    manifest's folder (after symbolic links are followed), named by one entry only.
     """
     path = Path(path)
     mapping = _read_json(path)
@@ -121,6 +188,8 @@ def read_manifest(path: str | os.PathLike, num_classes: int | None = None) -> li
         raise DataError(f"{path}: no entries")
     if num_classes is None:
         num_classes = len(read_classes(path.parent))
+    folder = Path(os.path.realpath(path.parent))
+    entry_of: dict[str, str] = {}
     entries = []
     for image, label in mapping.items():
         entry = f"{path}: entry {reprlib.repr(image)}"
@@ -128,21 +197,43 @@ def read_manifest(path: str | os.PathLike, num_classes: int | None = None) -> li
             raise DataError(f"{entry}: label must be an integer, got {reprlib.repr(label)}")
         if not 0 <= label < num_classes:
             raise DataError(f"{entry}: label {label} out of range 0..{num_classes - 1}")
-        image_path = path.parent / image
-        if not image_path.is_file():
-            raise DataError(f"{entry}: image {image_path} not found")
+        relative = PurePosixPath(image)
+        if not relative.parts or relative.is_absolute() or ".." in relative.parts:
+            raise DataError(
+                f"{entry}: image paths must be relative to the manifest's folder, without '..'"
+            )
+        image_path = path.parent / relative
+        real_path = os.path.realpath(image_path)
+        if not Path(real_path).is_relative_to(folder):
+            raise DataError(f"{entry}: image {image_path} leads outside {path.parent}")
+        try:
+            status = os.stat(real_path)
+        except FileNotFoundError:
+            raise DataError(f"{entry}: image {image_path} not found") from None
+        except OSError as error:
+            raise DataError(f"{entry}: cannot read image ({error.strerror})") from None
+        if not stat.S_ISREG(status.st_mode):
+            raise DataError(f"{entry}: image {image_path} is not a regular file")
+        if real_path in entry_of:
+            raise DataError(f"{entry}: the same image as entry {reprlib.repr(entry_of[real_path])}")
+        entry_of[real_path] = image
         entries.append((str(image_path), label))
     return entries
 
 
 def open_rgb(manifest: Path, image_path: Path) -> Image.Image:
-    """A manifest's image as RGB; one that cannot be decoded is a DataError naming both."""
+    """A manifest's image as RGB (dataloader.images.to_rgb); one that cannot be decoded or
+    used is a DataError naming both."""
     try:
-        with Image.open(image_path) as opened:
-            return opened.convert("RGB")
-    except OSError as error:
-        reason = " ".join(str(error).split())
-        raise DataError(f"{manifest}: cannot decode image {image_path} ({reason})") from None
+        encoded = io.BytesIO(read_regular_file(Path(image_path), MAX_IMAGE_BYTES))
+        with Image.open(encoded) as opened:
+            return to_rgb(opened)
+    except Exception as error:
+        # PIL's decoders report damaged, foreign or oversized files with many kinds of
+        # exception (DecompressionBombError, ValueError for text chunks, struct.error, ...).
+        raise DataError(
+            f"{manifest}: cannot decode image {image_path} ({_one_line(error)})"
+        ) from None
 
 
 class ManifestDataset(Dataset):
@@ -166,28 +257,33 @@ class ManifestDataset(Dataset):
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(read_regular_file(path, MAX_JSON_BYTES)).hexdigest()
 
 
-def _load_cache(cache: Path, digest: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _load_cache(cache: Path, digest: str, labels: torch.Tensor) -> torch.Tensor | None:
+    """The cached images of a split, or None (to rebuild it) unless the cache stands for
+    exactly the manifest read: its sha256, its labels in order and one uint8 [3, 32, 32]
+    image per entry."""
+    max_bytes = len(labels) * (math.prod(IMAGE_SHAPE) + labels.element_size()) + (1 << 20)
     try:
-        content = torch.load(cache, map_location="cpu", weights_only=True)
+        with _open_regular(cache, max_bytes) as stream:
+            content = torch.load(stream, map_location="cpu", weights_only=True)
     except Exception:
-        # A missing or unreadable cache is rebuilt, whatever went wrong with it.
+        # A missing, special, oversized or unreadable cache is rebuilt, whatever went wrong.
         return None
     if not isinstance(content, dict) or content.get("manifest_sha256") != digest:
         return None
-    images, labels = content.get("images"), content.get("labels")
+    images, cached_labels = content.get("images"), content.get("labels")
     if (
         not isinstance(images, torch.Tensor)
-        or not isinstance(labels, torch.Tensor)
+        or not isinstance(cached_labels, torch.Tensor)
         or images.dtype != torch.uint8
-        or labels.dtype != torch.int64
-        or images.shape[1:] != IMAGE_SHAPE
-        or labels.shape != images.shape[:1]
+        or images.shape != (len(labels), *IMAGE_SHAPE)
+        or cached_labels.dtype != labels.dtype
+        or not torch.equal(cached_labels, labels)
     ):
         return None
-    return images, labels
+    return images
 
 
 def _save_cache(cache: Path, content: dict) -> None:
@@ -202,20 +298,21 @@ def _save_cache(cache: Path, content: dict) -> None:
 def load_split(data_dir: str | os.PathLike, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of a split as uint8 [N, 3, 32, 32] and their labels as int64 [N].
 
-    Decoded once into <split>_cache.pt beside the manifest; the cache records the manifest's
-    sha256 and is rebuilt when the manifest changes.
+    Decoded once into <split>_cache.pt beside the manifest. The manifest is read and checked
+    every time; the cache is used only when it holds the manifest's sha256, its labels and one
+    image per entry, and rebuilt otherwise.
     """
     manifest = manifest_path(data_dir, split)
-    if not manifest.is_file():
-        raise DataError(
-            f"{manifest}: not found (prepare the data with python data/download_data.py)"
-        )
-    digest = _sha256(manifest)
-    cache = manifest.with_name(f"{split}_cache.pt")
-    cached = _load_cache(cache, digest)
-    if cached is not None:
-        return cached
     entries = read_manifest(manifest)
+    labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
+    try:
+        digest = _sha256(manifest)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{manifest}: cannot read ({_one_line(error)})") from None
+    cache = manifest.with_name(f"{split}_cache.pt")
+    cached = _load_cache(cache, digest, labels)
+    if cached is not None:
+        return cached, labels
     pixels = np.empty((len(entries), 32, 32, 3), dtype=np.uint8)
     for index, (image_path, _) in enumerate(entries):
         image = open_rgb(manifest, image_path)
@@ -225,7 +322,6 @@ def load_split(data_dir: str | os.PathLike, split: str) -> tuple[torch.Tensor, t
             )
         pixels[index] = np.asarray(image)
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
-    labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
     _save_cache(cache, {"manifest_sha256": digest, "images": images, "labels": labels})
     return images, labels
 

@@ -21,7 +21,7 @@ from conftest import (
 from PIL import Image
 
 from dataloader import DeviceLoader, load_split, read_manifest
-from predict import read_image
+from dataloader.images import read_image_file as read_image
 from training.checkpoint import load_checkpoint, load_ready_model, model_from_checkpoint
 
 
