@@ -165,7 +165,7 @@ def test_authors_state_dict_gives_the_same_logits(name):
 
 
 def test_cli_writes_a_checkpoint_that_eval_reads(tmp_path, capsys):
-    from utils import load_checkpoint, model_from_checkpoint
+    from training.checkpoint import load_checkpoint, model_from_checkpoint
 
     torch.manual_seed(0)
     authors = randomised(AuthorsFishNet("fishnet99"))

@@ -40,14 +40,22 @@ def test_features_only_backbone():
 
 
 def test_loads_a_trained_checkpoint(tmp_path):
-    from utils import save_checkpoint
+    from training.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     kwargs = {"num_classes": 10, "stem": "cifar", "width": 0.25}
     trained = build_model("resnet50", **kwargs).eval()
     path = tmp_path / "best.pt"
     save_checkpoint(
-        {"model": {"name": "resnet50", "kwargs": kwargs}, "state_dict": trained.state_dict()},
+        {
+            "model": {"name": "resnet50", "kwargs": kwargs},
+            "state_dict": trained.state_dict(),
+            "classes": [f"class {i}" for i in range(10)],
+            "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+            "args": {},
+            "epoch": 1,
+            "history": [],
+        },
         path,
     )
     model = hub_load("resnet50", checkpoint=str(path)).eval()

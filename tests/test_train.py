@@ -100,17 +100,18 @@ def test_missing_data_asks_for_download(tmp_path):
 
 @pytest.mark.real_data
 def test_learns_real_cifar10_on_the_cpu(cifar10_dir, tmp_path):
-    """Width-0.25 FishNet-99, a few minutes on this CPU, well above chance (10 %)."""
+    """The cpu preset (width-0.25 FishNet-99, 10,000 images, 2 epochs), a few minutes here.
+
+    Five seeds scored 49.79 to 52.00 % test top-1 (mean 50.55, sd 0.89; README, Recipes):
+    the bound sits 8 points, about nine standard deviations, below the lowest.
+    """
     out = tmp_path / "run"
-    recipe = ["--train-subset", "10000", "--epochs", "2", "--schedule", "onecycle", "--lr", "0.2"]
-    result = run_script(
-        "train.py", "--data", cifar10_dir, "--out", out, "--width", "0.25", "--device", "cpu",
-        "--batch-size", "64", "--nesterov", "--label-smoothing", "0.1", *recipe,
-    )  # fmt: skip
+    result = run_script("train.py", "--preset", "cpu", "--data", cifar10_dir, "--out", out,
+                        "--device", "cpu")  # fmt: skip
     assert result.returncode == 0, result.stderr
     result = run_script("eval.py", out / "last.pt", "--split", "test", "--json", "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["test"]["top1"] >= 40
+    assert json.loads(result.stdout)["test"]["top1"] >= 42
 
 
 def test_moving_average_flip_cutout_fp16_and_the_run_record(synthetic_cifar10_dir, tmp_path):
