@@ -54,6 +54,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 # Run as a script, sys.path[0] is data/; the repository root holds the dataloader package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -336,9 +337,11 @@ def load_image_folder(
             if len(relative.parts) != 3:
                 raise SourceError(f"{shown}: unexpected {name} (expected {split}/<class>/<image>)")
             if relative.parts[1] not in per_class:
+                other = [d.name for d in DATASETS.values() if relative.parts[1] in d.classes]
+                hint = f"; pass --dataset {other[0]}" if other else ""
                 raise SourceError(
                     f"{shown}: unexpected folder {split}/{relative.parts[1]}/ "
-                    f"(not a {spec.name} class)"
+                    f"(not a {spec.name} class{hint})"
                 )
             if relative.suffix.lower() not in IMAGE_SUFFIXES:
                 raise SourceError(f"{shown}: unexpected file {name} (images are PNG or JPEG)")
@@ -526,7 +529,10 @@ def write_dataset(
     processes = min(os.cpu_count() or 1, max(1, len(tasks) // 2000))
     chunksize = max(1, len(tasks) // (processes * 8))
     with multiprocessing.Pool(processes, initializer=ignore_interrupts) as pool:
-        for error in pool.imap(encode_png, tasks, chunksize=chunksize):
+        written = pool.imap(encode_png, tasks, chunksize=chunksize)
+        for error in tqdm(
+            written, total=len(tasks), desc="writing PNGs", unit="image", disable=None
+        ):
             if error is not None:
                 raise SourceError(error)
     return manifests
@@ -682,13 +688,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dataset_dir = prepare(spec, args.source, args.out, args.seed, args.resize)
     except SourceError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"download_data.py: error: {error}", file=sys.stderr)
         return EXIT_BAD_SOURCE
     except OSError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(f"download_data.py: error: {one_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was changed", file=sys.stderr)
+        print("download_data.py: error: interrupted; nothing was changed", file=sys.stderr)
         return 130
     if dataset_dir is None:
         print(

@@ -84,6 +84,9 @@ def read_image_file(path: Path) -> torch.Tensor:
     and evaluation saw; others are resized as download_data.py --resize does
     (:func:`cifar_pixels`). Every failure is an ImageError naming the file.
     """
+    if Path(path).exists() and not Path(path).is_file():
+        # A FIFO or device would block the read; a folder is no image either.
+        raise ImageError(f"{path}: not a regular file")
     try:
         with Image.open(path) as opened:
             pixels = cifar_pixels(opened, resize=True)

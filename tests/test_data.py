@@ -52,7 +52,7 @@ def assert_clean_failure(result: subprocess.CompletedProcess, out: Path, *fragme
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
+    assert lines[0].startswith("download_data.py: error: ")
     for fragment in fragments:
         assert fragment in lines[0]
     assert not (out / "cifar10").exists()

@@ -43,7 +43,7 @@ def prepare(capsys, *args: str | Path) -> tuple[int, str]:
 def assert_one_line(status: int, stderr: str, *phrases: str) -> None:
     assert status == 2, stderr
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert len(lines) == 1 and lines[0].startswith("download_data.py: error: "), stderr
     for phrase in phrases:
         assert phrase in lines[0], lines[0]
 
