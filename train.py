@@ -127,6 +127,9 @@ def claim_output(
 ) -> tuple[FolderLock, dict | None]:
     """Claims the output folder (a second run into it is refused while this one lives),
     checks that it is writable, and returns the lock and the checkpoint to resume from."""
+    last = out / "last.pt"
+    if args.resume and not last.is_file():
+        raise UserError(f"--resume: {last} does not exist; start the run without --resume")
     lock = FolderLock(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: a file, not a folder")
@@ -138,10 +141,7 @@ def claim_output(
             (out / ".writable").unlink()
     except OSError as error:
         raise UserError(f"--out {out}: cannot write there ({first_line(error)})") from None
-    last = out / "last.pt"
     if args.resume:
-        if not last.is_file():
-            raise UserError(f"--resume: {last} does not exist; start the run without --resume")
         checkpoint = load_checkpoint(last)
         changed = resume_mismatches(checkpoint["args"], args)
         if changed:
@@ -244,7 +244,8 @@ class Data:
         return (
             f"{args.model} (width {args.width}) on {device}{processes}: "
             f"{self.train.num_samples * world_size} training images an epoch in "
-            f"{len(self.train)} steps of {args.batch_size * world_size}, scored on {monitored}"
+            f"{len(self.train)} steps per epoch of {args.batch_size * world_size}, scored on "
+            f"{monitored}"
         )
 
 
