@@ -150,7 +150,10 @@ def claim_output(
                 "resume with the flags of the original run"
             )
         return lock, checkpoint
-    if (last.exists() or (out / "args.json").exists()) and not args.overwrite:
+    # Only the first process looks for args.json: it writes one just below, which the
+    # others could otherwise take for an earlier run's.
+    started = last.exists() or (main_process and (out / "args.json").exists())
+    if started and not args.overwrite:
         raise UserError(
             f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
