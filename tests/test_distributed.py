@@ -65,10 +65,12 @@ def test_two_processes_train_resume_and_evaluate(synthetic_cifar10_dir, tmp_path
     assert resumed.stdout.count("done: best valid top-1") == 1  # only the first process prints
 
     expected = {"last.pt", "best.pt", "history.json", "history.csv", "acc.png", "loss.png"}
+    expected |= {"args.json", ".lock"}  # the run record and the folder lock
     assert {path.name for path in out.iterdir()} == expected
     history = json.loads((out / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2]
-    assert all(row["train_samples"] == 80 for row in history)  # none dropped or doubled
+    # Full global batches of 2 x 16: 64 of the 80 images an epoch, none doubled.
+    assert all(row["train_samples"] == 64 for row in history)
 
     checkpoint = torch.load(out / "best.pt", weights_only=True)
     assert not any(key.startswith("module.") for key in checkpoint["state_dict"])
