@@ -144,7 +144,7 @@ def test_missing_checkpoint_for_eval(tmp_path):
 def test_diverging_run_stops_and_keeps_the_good_checkpoints(synthetic_cifar10_dir, tmp_path):
     out = tmp_path / "run"
     # lr 0.1 in epoch 1, then 1e8: the loss blows up early in epoch 2.
-    recipe = ["--epochs", "3", "--step-size", "1", "--gamma", "1e9"]
+    recipe = ["--epochs", "3", "--step-size", "1", "--gamma", "1e9", "--batch-size", "8"]
     result = run_script("train.py", "--data", synthetic_cifar10_dir, "--out", out, *SMALL, *recipe)
     one_line_error(result, "not finite", "epoch 2, step", "--lr")
     for name in ("last.pt", "best.pt"):
