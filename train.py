@@ -68,6 +68,9 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
     if args.sync_bn and device.type != "cuda":
         raise UserError("--sync-bn needs CUDA GPUs: SyncBatchNorm has no CPU implementation")
     lock, checkpoint = claim_output(args, out, main_process)
+    if checkpoint and checkpoint["epoch"] >= args.epochs:
+        log(f"{out} holds a finished run ({checkpoint['epoch']} epochs); nothing to do")
+        return
     seed_everything(args.seed, args.deterministic)
     data = Data.load(args, device, rank, world_size)
     run = Run.build(args, data, device, world_size)
