@@ -88,7 +88,7 @@ def one_line_error(result: subprocess.CompletedProcess, *phrases: str) -> None:
 
 def without_timing(history: list[dict]) -> list[dict]:
     """A run's history less the fields that measure time, which no two runs share."""
-    timing = {"images_per_sec", "epoch_time", "elapsed"}
+    timing = {"images_per_sec", "epoch_time", "startup_time", "eval_time", "elapsed"}
     return [{k: v for k, v in row.items() if k not in timing} for row in history]
 
 
