@@ -59,7 +59,7 @@ def real_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     out = tmp_path_factory.mktemp("real-data")
     prepared = run_download_data("--source", source, "--out", out)
     assert prepared.returncode == 0, prepared.stderr
-    # 24 training images: batches of 8, since training keeps full batches only.
+    # 20 training images: batches of 8, since training keeps full batches only.
     run = tmp_path_factory.mktemp("run")
     checkpoint = train(out / "cifar10", run, "--epochs", "2", "--batch-size", "8")
     return source, out / "cifar10", checkpoint
