@@ -26,7 +26,13 @@ from dataloader import DeviceLoader, channel_stats, load_split, manifest_sha256,
 from models import build_model, switch_kwargs
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.cli import UserError, first_line, rerun_command, run_cli
-from training.distributed import distribute, init_distributed, log, shutdown_distributed
+from training.distributed import (
+    distribute,
+    init_distributed,
+    log,
+    shutdown_distributed,
+    wait_for_all_processes,
+)
 from training.engine import (
     EpochClock,
     EpochProgress,
@@ -67,12 +73,17 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
     out, main_process = Path(args.out), rank == 0
     if args.sync_bn and device.type != "cuda":
         raise UserError("--sync-bn needs CUDA GPUs: SyncBatchNorm has no CPU implementation")
+    # The data is checked before the output folder is touched: a missing dataset leaves
+    # nothing behind that the next attempt would stumble on.
+    fingerprint = dataset_fingerprint(args)
     lock, checkpoint = claim_output(args, out, main_process)
+    if checkpoint:
+        check_same_dataset(checkpoint, out / "last.pt", args.data, fingerprint)
     if checkpoint and checkpoint["epoch"] >= args.epochs:
         log(f"{out} holds a finished run ({checkpoint['epoch']} epochs); nothing to do")
         return
     seed_everything(args.seed, args.deterministic)
-    data = Data.load(args, device, rank, world_size)
+    data = Data.load(args, fingerprint, device, rank, world_size)
     run = Run.build(args, data, device, world_size)
     if checkpoint:
         run.restore(checkpoint, out / "last.pt", data, rank, world_size)
@@ -122,6 +133,7 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
         is_best = run.finish_epoch(row, data, out, main_process)
         log(describe_epoch(row, args.epochs, is_best))
     log(f"done: {run.describe_result()}; checkpoints, history and plots in {out}")
+    wait_for_all_processes()
     lock.release()
 
 
@@ -153,10 +165,9 @@ def claim_output(
                 "resume with the flags of the original run"
             )
         return lock, checkpoint
-    # Only the first process looks for args.json: it writes one just below, which the
-    # others could otherwise take for an earlier run's.
-    started = last.exists() or (main_process and (out / "args.json").exists())
-    if started and not args.overwrite:
+    # A run that ended before its first checkpoint left nothing worth keeping; the lock
+    # above keeps out a run still going.
+    if last.exists() and not args.overwrite:
         raise UserError(
             f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
@@ -166,6 +177,34 @@ def claim_output(
         record = {"command": rerun_command("train.py", drop=("--overwrite",)), "args": vars(args)}
         write_text(out / "args.json", json.dumps(record, indent=1) + "\n")
     return lock, None
+
+
+def dataset_fingerprint(args: argparse.Namespace) -> dict:
+    """What identifies the run's data: checkpoints record it, so --resume and eval.py can
+    tell whether they are given the data the run was trained on."""
+    train_splits = ["train", "valid"] if args.train_on_all else ["train"]
+    return {
+        "path": str(Path(args.data).resolve()),
+        "classes": read_classes(args.data),
+        # The training split's identity; for train + valid the two manifests' hashes.
+        "train_sha256": "+".join(manifest_sha256(args.data, s) for s in train_splits),
+        "sha256": {
+            split: manifest_sha256(args.data, split) for split in ("train", "valid", "test")
+        },
+    }
+
+
+def check_same_dataset(checkpoint: dict, path: Path, data: str, fingerprint: dict) -> None:
+    """Refuses to resume a run on other classes or another training split; it is checked
+    for finished runs too, so a wrong --data never passes silently."""
+    saved = checkpoint.get("dataset")
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: damaged checkpoint: no record of its dataset")
+    if any(saved.get(key) != fingerprint[key] for key in ("classes", "train_sha256")):
+        raise UserError(
+            f"--resume: {path} was trained on another dataset than {data} "
+            "(other classes or another training split)"
+        )
 
 
 @dataclass
@@ -185,10 +224,10 @@ class Data:
         return len(self.classes)
 
     @classmethod
-    def load(cls, args, device: torch.device, rank: int, world_size: int) -> "Data":
-        classes = read_classes(args.data)
+    def load(
+        cls, args, fingerprint: dict, device: torch.device, rank: int, world_size: int
+    ) -> "Data":
         images, labels = load_split(args.data, "train")
-        train_splits = ["train", "valid"] if args.train_on_all else ["train"]
         if args.train_on_all:
             valid_images, valid_labels = load_split(args.data, "valid")
             images, labels = torch.cat([images, valid_images]), torch.cat([labels, valid_labels])
@@ -230,17 +269,8 @@ class Data:
             )
             for split in monitored_splits
         }
-        fingerprint = {
-            "path": str(Path(args.data).resolve()),
-            "classes": classes,
-            # The training split's identity; for train + valid the two manifests' hashes.
-            "train_sha256": "+".join(manifest_sha256(args.data, s) for s in train_splits),
-            "sha256": {
-                split: manifest_sha256(args.data, split) for split in ("train", "valid", "test")
-            },
-        }
         normalization = {"mean": list(mean), "std": list(std)}
-        return cls(train, monitored, classes, normalization, fingerprint)
+        return cls(train, monitored, fingerprint["classes"], normalization, fingerprint)
 
     def describe(self, args, device: torch.device, world_size: int) -> str:
         processes = f" x {world_size} processes" if world_size > 1 else ""
@@ -332,14 +362,6 @@ class Run:
         )
 
     def restore(self, checkpoint: dict, path: Path, data: Data, rank: int, world_size: int) -> None:
-        saved = checkpoint.get("dataset")
-        if not isinstance(saved, dict):
-            raise UserError(f"{path}: damaged checkpoint: no record of its dataset")
-        if any(saved.get(key) != data.fingerprint[key] for key in ("classes", "train_sha256")):
-            raise UserError(
-                f"--resume: {path} was trained on another dataset than {self.args.data} "
-                "(other classes or another training split)"
-            )
         try:
             self.state.load_state_dict(checkpoint)
             partial = self.state.partial

@@ -91,11 +91,14 @@ def test_refuses_to_overwrite_or_mismatched_resume(synthetic_cifar10_dir, tmp_pa
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
-def test_missing_data_asks_for_download(tmp_path):
-    result = run_script("train.py", "--data", tmp_path / "nowhere", "--device", "cpu")
+def test_missing_data_asks_for_download_and_leaves_no_run_behind(tmp_path):
+    out = tmp_path / "run"
+    result = run_script("train.py", "--data", tmp_path / "nowhere", "--out", out, "--device", "cpu")
     assert result.returncode == 2
     assert "download_data.py" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    # Nothing was written that would make the next attempt ask for --resume or --overwrite.
+    assert not out.exists()
 
 
 @pytest.mark.real_data

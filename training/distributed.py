@@ -40,6 +40,13 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def wait_for_all_processes() -> None:
+    """Under torchrun, returns once every process has come here: at the end of a run no
+    process tears down the process group while the first one still writes its files."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
