@@ -20,14 +20,20 @@ from conftest import REPO_ROOT, SMALL, one_line_error, run_download_data, run_sc
 from training.checkpoint import load_checkpoint
 
 
-@pytest.fixture
-def trained_run(synthetic_cifar10_dir, tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def finished_run(synthetic_cifar10_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
     result = run_script(
         "train.py", "--data", synthetic_cifar10_dir, "--out", out, *SMALL, "--epochs", "1"
     )
     assert result.returncode == 0, result.stderr
     return out
+
+
+@pytest.fixture
+def trained_run(finished_run, tmp_path):
+    """A copy of a finished one-epoch run on the synthetic data, the test's to damage."""
+    return shutil.copytree(finished_run, tmp_path / "run")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -109,7 +115,7 @@ def test_resume_with_another_model_or_dataset(trained_run, make_synthetic_source
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random bytes", "json", "tensor", "code"])
-def test_bad_checkpoint_files(trained_run, tmp_path, damage):
+def test_bad_checkpoint_files(trained_run, synthetic_cifar10_dir, tmp_path, damage):
     bad = tmp_path / "bad.pt"
     good = (trained_run / "last.pt").read_bytes()
     if damage == "truncated":
@@ -131,9 +137,8 @@ def test_bad_checkpoint_files(trained_run, tmp_path, damage):
     assert not (tmp_path / "pwned").exists()
 
     (trained_run / "last.pt").write_bytes(bad.read_bytes())
-    result = run_script(
-        "train.py", "--data", "unused", "--out", trained_run, *SMALL, "--epochs", "1", "--resume"
-    )
+    result = run_script("train.py", "--data", synthetic_cifar10_dir, "--out", trained_run,
+                        *SMALL, "--epochs", "1", "--resume")  # fmt: skip
     one_line_error(result, "last.pt")
 
 

@@ -103,18 +103,18 @@ def test_missing_data_asks_for_download_and_leaves_no_run_behind(tmp_path):
 
 @pytest.mark.real_data
 def test_learns_real_cifar10_on_the_cpu(cifar10_dir, tmp_path):
-    """The cpu preset (width-0.25 FishNet-99, 10,000 images, 2 epochs), a few minutes here.
+    """One epoch of the cpu preset (width-0.25 FishNet-99, 10,000 real training images),
+    scored on the 10,000 valid images after the epoch: about two minutes here.
 
-    Five seeds scored 49.79 to 52.00 % test top-1 (mean 50.55, sd 0.89; README, Recipes):
-    the bound sits 8 points, about nine standard deviations, below the lowest.
+    Five seeds (0-4) scored 38.24 to 41.89 % valid top-1 (mean 40.02, sd 1.47; chance is
+    10 %): the bound sits 8 points, more than five standard deviations, below the lowest.
     """
     out = tmp_path / "run"
-    result = run_script("train.py", "--preset", "cpu", "--data", cifar10_dir, "--out", out,
-                        "--device", "cpu")  # fmt: skip
+    result = run_script("train.py", "--preset", "cpu", "--epochs", "1", "--data", cifar10_dir,
+                        "--out", out, "--device", "cpu")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    result = run_script("eval.py", out / "last.pt", "--split", "test", "--json", "--device", "cpu")
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["test"]["top1"] >= 42
+    (row,) = json.loads((out / "history.json").read_text())
+    assert row["valid_top1"] >= 30
 
 
 def test_moving_average_flip_cutout_fp16_and_the_run_record(synthetic_cifar10_dir, tmp_path):
