@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from torchvision import transforms
 
 from dataloader import (
     DeviceLoader,
@@ -93,6 +92,10 @@ def seed_style_loader(
     data: Path, batch_size: int, workers: int, mean, std, device: torch.device
 ) -> DataLoader:
     """The seeds' input pipeline: PIL decode and torchvision transforms in worker processes."""
+    # Imported here: torchvision takes about 2 s to import, which the other benchmarks
+    # (and --help) need not pay.
+    from torchvision import transforms
+
     transform = transforms.Compose(
         [
             transforms.RandomCrop(32, padding=4),

@@ -4,7 +4,6 @@ import copy
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -18,6 +17,10 @@ def count_macs(model: nn.Module, image_size: int) -> int:
     (two per multiply-accumulate) and nothing else. The pass runs on a copy on the meta
     device, so it computes nothing and leaves the model untouched.
     """
+    # Imported here: torch.utils.flop_counter loads triton where it is installed, about
+    # 0.4 s that every `import models` would otherwise pay.
+    from torch.utils.flop_counter import FlopCounterMode
+
     meta_model = copy.deepcopy(model).to("meta").eval()
     image = torch.empty(1, 3, image_size, image_size, device="meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
