@@ -59,8 +59,8 @@ from tqdm import tqdm
 # Run as a script, sys.path[0] is data/; the repository root holds the dataloader package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataloader.dataloader import DataError, read_manifest, read_regular_file
 from dataloader.images import ImageError, ImageSizeError, cifar_pixels
+from dataloader.manifests import DataError, read_manifest, read_regular_file
 
 EXIT_BAD_SOURCE = 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

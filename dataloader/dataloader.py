@@ -10,19 +10,14 @@ Two ways in:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import io
-import json
 import math
 import os
-import reprlib
-import stat
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,18 +26,21 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from dataloader.images import to_rgb
+from dataloader.manifests import (
+    MAX_IMAGE_BYTES,
+    MAX_JSON_BYTES,
+    DataError,
+    manifest_path,
+    one_line,
+    open_regular_file,
+    read_classes,
+    read_manifest,
+    read_regular_file,
+)
 from training.files import atomic_write
 
-SPLITS = ("train", "valid", "test")
-CLASSES_FILE = "classes.json"
 IMAGE_SHAPE = (3, 32, 32)
 AUGMENTATIONS = ("crop-flip", "none", "imagenet")
-
-# Bounds checked before a file is read, far above what download_data.py writes (a CIFAR-10
-# training manifest is 1.5 MB, an image 3 KB) and far below what would exhaust memory.
-MAX_JSON_BYTES = 64 << 20
-MAX_IMAGE_BYTES = 64 << 20
-MAX_LABEL_DIGITS = 20
 
 # Random resized crop of the "imagenet" recipe: torchvision's aspect ratios, but a larger
 # smallest area than ImageNet's 0.08, since a 32x32 image has little to spare.
@@ -67,160 +65,6 @@ SHUFFLE_STREAM = 0
 AUGMENT_STREAM = 1
 
 
-class DataError(Exception):
-    """Bad data input; the message is one line naming the file (and the manifest entry)."""
-
-
-def manifest_path(data_dir: str | os.PathLike, split: str) -> Path:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return Path(data_dir) / f"{split}_img2labels.json"
-
-
-def manifest_sha256(data_dir: str | os.PathLike, split: str) -> str:
-    """Identifies a split: checkpoints record it, so --resume and eval.py can tell whether
-    they are given the data the run was trained on."""
-    return hashlib.sha256(manifest_path(data_dir, split).read_bytes()).hexdigest()
-
-
-@contextlib.contextmanager
-def _open_regular(path: Path, max_bytes: int) -> Iterator[BinaryIO]:
-    """path opened for reading once it is known to be a regular file of at most max_bytes.
-
-    The open does not block and the checks come before any read, so a FIFO, a device (such
-    as a link to /dev/zero) or a huge sparse file raises ValueError instead of hanging or
-    filling memory.
-    """
-    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as stream:
-        status = os.fstat(stream.fileno())
-        if not stat.S_ISREG(status.st_mode):
-            raise ValueError("not a regular file")
-        if status.st_size > max_bytes:
-            raise ValueError(f"{status.st_size:,} bytes, more than the {max_bytes:,} allowed")
-        yield stream
-
-
-def read_regular_file(path: Path, max_bytes: int) -> bytes:
-    """The content of a regular file of at most max_bytes; ValueError for anything else."""
-    with _open_regular(path, max_bytes) as stream:
-        content = stream.read(max_bytes + 1)
-    if len(content) > max_bytes:
-        raise ValueError(f"grew beyond the {max_bytes:,} bytes allowed while read")
-    return content
-
-
-class _JSONBeyondLimits(ValueError):
-    """Well-formed JSON that no manifest or classes.json holds."""
-
-
-def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    # json keeps the last of repeated keys, which would silently drop manifest entries.
-    mapping: dict[str, object] = {}
-    for key, value in pairs:
-        if key in mapping:
-            raise _JSONBeyondLimits(f"entry {reprlib.repr(key)} appears more than once")
-        mapping[key] = value
-    return mapping
-
-
-def _small_int(digits: str) -> int:
-    # Checked before int() would run into Python's limit on the digits it converts.
-    if len(digits.lstrip("-")) > MAX_LABEL_DIGITS:
-        raise _JSONBeyondLimits(f"a number of {len(digits):,} digits")
-    return int(digits)
-
-
-def _read_json(path: Path) -> object:
-    try:
-        text = read_regular_file(path, MAX_JSON_BYTES).decode()
-    except FileNotFoundError:
-        raise DataError(
-            f"{path}: not found (prepare the data with python data/download_data.py)"
-        ) from None
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot read ({_one_line(error)})") from None
-    try:
-        return json.loads(text, object_pairs_hook=_object_without_repeats, parse_int=_small_int)
-    except json.JSONDecodeError as error:
-        raise DataError(
-            f"{path}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno})"
-        ) from None
-    except _JSONBeyondLimits as error:
-        raise DataError(f"{path}: {error}") from None
-    except RecursionError:
-        raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def read_classes(data_dir: str | os.PathLike) -> list[str]:
-    """The class names of a prepared dataset, in label order (its classes.json)."""
-    path = Path(data_dir) / CLASSES_FILE
-    classes = _read_json(path)
-    if (
-        not isinstance(classes, list)
-        or not classes
-        or not all(isinstance(name, str) and name for name in classes)
-    ):
-        raise DataError(f"{path}: expected a non-empty JSON list of class names")
-    if len(set(classes)) != len(classes):
-        raise DataError(f"{path}: class names repeat")
-    return classes
-
-
-def read_manifest(path: str | os.PathLike, num_classes: int | None = None) -> list[tuple[str, int]]:
-    """The (image path, label) entries of a manifest, image paths joined to its folder.
-
-    Labels must lie in 0..num_classes-1; num_classes defaults to the length of the
-    classes.json beside the manifest. Every image must be a regular file inside the
-    manifest's folder (after symbolic links are followed), named by one entry only.
-    """
-    path = Path(path)
-    mapping = _read_json(path)
-    if not isinstance(mapping, dict):
-        raise DataError(
-            f"{path}: expected a JSON object mapping image path to label index, "
-            f"got {type(mapping).__name__}"
-        )
-    if not mapping:
-        raise DataError(f"{path}: no entries")
-    if num_classes is None:
-        num_classes = len(read_classes(path.parent))
-    folder = Path(os.path.realpath(path.parent))
-    entry_of: dict[str, str] = {}
-    entries = []
-    for image, label in mapping.items():
-        entry = f"{path}: entry {reprlib.repr(image)}"
-        if not isinstance(label, int) or isinstance(label, bool):
-            raise DataError(f"{entry}: label must be an integer, got {reprlib.repr(label)}")
-        if not 0 <= label < num_classes:
-            raise DataError(f"{entry}: label {label} out of range 0..{num_classes - 1}")
-        relative = PurePosixPath(image)
-        if not relative.parts or relative.is_absolute() or ".." in relative.parts:
-            raise DataError(
-                f"{entry}: image paths must be relative to the manifest's folder, without '..'"
-            )
-        image_path = path.parent / relative
-        real_path = os.path.realpath(image_path)
-        if not Path(real_path).is_relative_to(folder):
-            raise DataError(f"{entry}: image {image_path} leads outside {path.parent}")
-        try:
-            status = os.stat(real_path)
-        except FileNotFoundError:
-            raise DataError(f"{entry}: image {image_path} not found") from None
-        except OSError as error:
-            raise DataError(f"{entry}: cannot read image ({error.strerror})") from None
-        if not stat.S_ISREG(status.st_mode):
-            raise DataError(f"{entry}: image {image_path} is not a regular file")
-        if real_path in entry_of:
-            raise DataError(f"{entry}: the same image as entry {reprlib.repr(entry_of[real_path])}")
-        entry_of[real_path] = image
-        entries.append((str(image_path), label))
-    return entries
-
-
 def open_rgb(manifest: Path, image_path: Path) -> Image.Image:
     """A manifest's image as RGB (dataloader.images.to_rgb); one that cannot be decoded or
     used is a DataError naming both."""
@@ -232,7 +76,7 @@ def open_rgb(manifest: Path, image_path: Path) -> Image.Image:
         # PIL's decoders report damaged, foreign or oversized files with many kinds of
         # exception (DecompressionBombError, ValueError for text chunks, struct.error, ...).
         raise DataError(
-            f"{manifest}: cannot decode image {image_path} ({_one_line(error)})"
+            f"{manifest}: cannot decode image {image_path} ({one_line(error)})"
         ) from None
 
 
@@ -266,7 +110,7 @@ def _load_cache(cache: Path, digest: str, labels: torch.Tensor) -> torch.Tensor 
     image per entry."""
     max_bytes = len(labels) * (math.prod(IMAGE_SHAPE) + labels.element_size()) + (1 << 20)
     try:
-        with _open_regular(cache, max_bytes) as stream:
+        with open_regular_file(cache, max_bytes) as stream:
             content = torch.load(stream, map_location="cpu", weights_only=True)
     except Exception:
         # A missing, special, oversized or unreadable cache is rebuilt, whatever went wrong.
@@ -308,7 +152,7 @@ def load_split(data_dir: str | os.PathLike, split: str) -> tuple[torch.Tensor, t
     try:
         digest = _sha256(manifest)
     except (OSError, ValueError) as error:
-        raise DataError(f"{manifest}: cannot read ({_one_line(error)})") from None
+        raise DataError(f"{manifest}: cannot read ({one_line(error)})") from None
     cache = manifest.with_name(f"{split}_cache.pt")
     cached = _load_cache(cache, digest, labels)
     if cached is not None:

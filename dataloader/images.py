@@ -7,10 +7,13 @@ manifest readers share these rules, so an image gives the same pixels whichever 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SIZE = 32
 UINT16_MAX = 65535
@@ -98,4 +101,8 @@ def read_image_file(path: Path) -> torch.Tensor:
         # PIL's decoders report damaged or foreign files with many kinds of exception.
         reason = " ".join(str(error).split())[:300] or type(error).__name__
         raise ImageError(f"{path}: not a readable image ({reason})") from None
+    # torch is imported here, the one place it is needed: data/download_data.py uses the rest
+    # of this module and starts about 2 s sooner without it.
+    import torch
+
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
