@@ -39,7 +39,7 @@ def manifest_path(data_dir: str | os.PathLike, split: str) -> Path:
 def manifest_sha256(data_dir: str | os.PathLike, split: str) -> str:
     """Identifies a split: checkpoints record it, so --resume and eval.py can tell whether
     they are given the data the run was trained on."""
-    return hashlib.sha256(manifest_path(data_dir, split).read_bytes()).hexdigest()
+    return hashlib.sha256(_read_data_file(manifest_path(data_dir, split))).hexdigest()
 
 
 @contextlib.contextmanager
@@ -89,14 +89,22 @@ def _small_int(digits: str) -> int:
     return int(digits)
 
 
-def _read_json(path: Path) -> object:
+def _read_data_file(path: Path) -> bytes:
+    """A manifest's or classes.json's bytes; a DataError when it cannot be read."""
     try:
-        text = read_regular_file(path, MAX_JSON_BYTES).decode()
+        return read_regular_file(path, MAX_JSON_BYTES)
     except FileNotFoundError:
         raise DataError(
             f"{path}: not found (prepare the data with python data/download_data.py)"
         ) from None
     except (OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot read ({one_line(error)})") from None
+
+
+def _read_json(path: Path) -> object:
+    try:
+        text = _read_data_file(path).decode()
+    except UnicodeDecodeError as error:
         raise DataError(f"{path}: cannot read ({one_line(error)})") from None
     try:
         return json.loads(text, object_pairs_hook=_object_without_repeats, parse_int=_small_int)

@@ -101,6 +101,15 @@ def test_missing_data_asks_for_download_and_leaves_no_run_behind(tmp_path):
     assert not out.exists()
 
 
+def test_a_half_prepared_dataset_names_the_missing_manifest(synthetic_cifar10_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_cifar10_dir, data)
+    (data / "valid_img2labels.json").unlink()
+    result = run_script("train.py", "--data", data, "--out", tmp_path / "run", *SMALL)
+    one_line_error(result, "valid_img2labels.json", "download_data.py")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.real_data
 def test_learns_real_cifar10_on_the_cpu(cifar10_dir, tmp_path):
     """One epoch of the cpu preset (width-0.25 FishNet-99, 10,000 real training images),
