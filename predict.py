@@ -27,14 +27,6 @@ from training.distributed import resolve_device
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
-def read_image(path: Path) -> Tensor:
-    """read_image_file, with its failures as one-line user errors."""
-    try:
-        return read_image_file(path)
-    except ImageError as error:
-        raise UserError(str(error)) from None
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Predict the classes of images with a checkpoint written by train.py.",
@@ -76,8 +68,8 @@ def read(path: Path) -> Tensor | str:
     if path.is_dir():
         return f"{path}: a folder without image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
     try:
-        return read_image(path)
-    except UserError as error:
+        return read_image_file(path)
+    except ImageError as error:
         return str(error)
 
 

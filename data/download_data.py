@@ -60,14 +60,20 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataloader.images import ImageError, ImageSizeError, cifar_pixels
-from dataloader.manifests import DataError, read_manifest, read_regular_file
+from dataloader.manifests import (
+    CLASSES_FILE,
+    MAX_JSON_BYTES,
+    SPLITS,
+    DataError,
+    manifest_path,
+    one_line,
+    read_manifest,
+    read_regular_file,
+)
 
 EXIT_BAD_SOURCE = 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 STAMP_FILE = "prepared.json"
-CLASSES_FILE = "classes.json"
-SPLITS = ("train", "valid", "test")
-MANIFEST_FILES = tuple(f"{split}_img2labels.json" for split in SPLITS)
 STAMP_FORMAT = 1
 
 # Bounds checked before a source file is read or extracted. The largest official file is a
@@ -76,7 +82,6 @@ MAX_ARCHIVE_FILE_BYTES = 256 << 20
 MAX_IMAGE_BYTES = 16 << 20
 MAX_SOURCE_BYTES = 2 << 30
 MAX_STAMP_BYTES = 1 << 20
-MAX_JSON_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -198,10 +203,6 @@ def ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
@@ -233,14 +234,15 @@ def is_prepared(dataset_dir: Path, stamp: dict) -> bool:
         if not isinstance(previous, dict) or previous.get("made_with") != stamp:
             return False
         digests = previous["sha256"]
-        if sorted(digests) != sorted((CLASSES_FILE, *MANIFEST_FILES)):
+        manifests = [manifest_path(dataset_dir, split) for split in SPLITS]
+        if sorted(digests) != sorted([CLASSES_FILE, *(path.name for path in manifests)]):
             return False
         for name, digest in digests.items():
             content = read_regular_file(dataset_dir / name, MAX_JSON_BYTES)
             if hashlib.sha256(content).hexdigest() != digest:
                 return False
-        for name in MANIFEST_FILES:
-            read_manifest(dataset_dir / name)
+        for path in manifests:
+            read_manifest(path)
     except (OSError, ValueError, KeyError, AttributeError, TypeError, RecursionError, DataError):
         return False
     return True
@@ -629,8 +631,9 @@ def write_prepared(
         write_json(new_dir / CLASSES_FILE, list(spec.classes))
         written = [CLASSES_FILE]
         for split, manifest in manifests.items():
-            write_json(new_dir / f"{split}_img2labels.json", manifest)
-            written.append(f"{split}_img2labels.json")
+            path = manifest_path(new_dir, split)
+            write_json(path, manifest)
+            written.append(path.name)
         sha256 = {name: sha256_file(new_dir / name) for name in written}
         write_json(new_dir / STAMP_FILE, {"made_with": stamp, "from": shown, "sha256": sha256})
         if dataset_dir.exists():
@@ -703,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     counts = ", ".join(
-        f"{len(json.loads((dataset_dir / f'{split}_img2labels.json').read_text())):,} {split}"
+        f"{len(json.loads(manifest_path(dataset_dir, split).read_text())):,} {split}"
         for split in SPLITS
     )
     print(f"prepared {dataset_dir}: {counts} ({time.perf_counter() - started:.1f} s)")

@@ -11,7 +11,6 @@ Two ways in:
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import math
 import os
@@ -28,9 +27,9 @@ from torch.utils.data import Dataset
 from dataloader.images import to_rgb
 from dataloader.manifests import (
     MAX_IMAGE_BYTES,
-    MAX_JSON_BYTES,
     DataError,
     manifest_path,
+    manifest_sha256,
     one_line,
     open_regular_file,
     read_classes,
@@ -100,10 +99,6 @@ class ManifestDataset(Dataset):
         return image, label
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(read_regular_file(path, MAX_JSON_BYTES)).hexdigest()
-
-
 def _load_cache(cache: Path, digest: str, labels: torch.Tensor) -> torch.Tensor | None:
     """The cached images of a split, or None (to rebuild it) unless the cache stands for
     exactly the manifest read: its sha256, its labels in order and one uint8 [3, 32, 32]
@@ -149,10 +144,7 @@ def load_split(data_dir: str | os.PathLike, split: str) -> tuple[torch.Tensor, t
     manifest = manifest_path(data_dir, split)
     entries = read_manifest(manifest)
     labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
-    try:
-        digest = _sha256(manifest)
-    except (OSError, ValueError) as error:
-        raise DataError(f"{manifest}: cannot read ({one_line(error)})") from None
+    digest = manifest_sha256(data_dir, split)
     cache = manifest.with_name(f"{split}_cache.pt")
     cached = _load_cache(cache, digest, labels)
     if cached is not None:

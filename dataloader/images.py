@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps
 
+from dataloader.manifests import one_line
+
 if TYPE_CHECKING:
     import torch
 
@@ -99,8 +101,7 @@ def read_image_file(path: Path) -> torch.Tensor:
         raise ImageError(f"{path}: cannot use this image ({error})") from None
     except Exception as error:
         # PIL's decoders report damaged or foreign files with many kinds of exception.
-        reason = " ".join(str(error).split())[:300] or type(error).__name__
-        raise ImageError(f"{path}: not a readable image ({reason})") from None
+        raise ImageError(f"{path}: not a readable image ({one_line(error)[:300]})") from None
     # torch is imported here, the one place it is needed: data/download_data.py uses the rest
     # of this module and starts about 2 s sooner without it.
     import torch

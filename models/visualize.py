@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from dataloader.images import ImageError, read_image_file
+from dataloader.images import read_image_file
 from training.checkpoint import load_ready_model
 from training.cli import HelpFormatter, UserError, first_line, run_cli
 from training.distributed import resolve_device
@@ -101,10 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     classifier = load_ready_model(args.checkpoint, resolve_device(args.device))
-    try:
-        image = read_image_file(args.image)
-    except ImageError as error:
-        raise UserError(str(error)) from None
+    image = read_image_file(args.image)
     features = classifier.features(image[None])
     probabilities = classifier.probabilities(image[None])[0]
     label = int(probabilities.argmax())

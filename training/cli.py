@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dataloader import DataError
+from dataloader.images import ImageError
 
 
 class UserError(Exception):
@@ -23,7 +24,7 @@ def run_cli(main: Callable[[], object]) -> None:
     """Runs a command-line entry point, turning user errors into one line and exit status 2."""
     try:
         main()
-    except (UserError, DataError) as error:
+    except (UserError, DataError, ImageError) as error:
         print(f"{program_name()}: error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
