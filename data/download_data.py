@@ -66,10 +66,9 @@ from dataloader.manifests import (
     SPLITS,
     DataError,
     manifest_path,
-    one_line,
     read_manifest,
-    read_regular_file,
 )
+from utils import make_output_printable, one_line, printable, read_regular_file
 
 EXIT_BAD_SOURCE = 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -198,9 +197,19 @@ def encode_png(task: ImageTask) -> str | None:
     return None
 
 
-def ignore_interrupts() -> None:
-    # Ctrl-C reaches the whole process group; only the main process reports it and cleans up.
+class Terminated(Exception):
+    """SIGTERM: the run stops like one interrupted by Ctrl-C, cleaning up what it wrote."""
+
+
+def raise_terminated(signum: int, frame) -> None:
+    raise Terminated
+
+
+def worker_signals() -> None:
+    # Ctrl-C reaches the whole process group; only the main process reports it and cleans
+    # up. SIGTERM ends a worker at once, quietly: the main process sends it when it stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def sha256_file(path: Path) -> str:
@@ -530,7 +539,7 @@ def write_dataset(
             tasks.append((source, name, str(dataset_dir / relative), resize))
     processes = min(os.cpu_count() or 1, max(1, len(tasks) // 2000))
     chunksize = max(1, len(tasks) // (processes * 8))
-    with multiprocessing.Pool(processes, initializer=ignore_interrupts) as pool:
+    with multiprocessing.Pool(processes, initializer=worker_signals) as pool:
         written = pool.imap(encode_png, tasks, chunksize=chunksize)
         for error in tqdm(
             written, total=len(tasks), desc="writing PNGs", unit="image", disable=None
@@ -685,13 +694,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    make_output_printable()
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, raise_terminated)
     spec = DATASETS[args.dataset]
     started = time.perf_counter()
     try:
         dataset_dir = prepare(spec, args.source, args.out, args.seed, args.resize)
     except SourceError as error:
-        print(f"download_data.py: error: {error}", file=sys.stderr)
+        print(f"download_data.py: error: {printable(error)}", file=sys.stderr)
         return EXIT_BAD_SOURCE
     except OSError as error:
         print(f"download_data.py: error: {one_line(error)}", file=sys.stderr)
@@ -699,6 +710,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("download_data.py: error: interrupted; nothing was changed", file=sys.stderr)
         return 130
+    except Terminated:
+        print("download_data.py: error: stopped by SIGTERM; nothing was changed", file=sys.stderr)
+        return 128 + signal.SIGTERM
     if dataset_dir is None:
         print(
             f"{args.out / spec.name} is already prepared from this source with seed {args.seed}: "

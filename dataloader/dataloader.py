@@ -11,6 +11,7 @@ Two ways in:
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import math
 import os
@@ -30,13 +31,11 @@ from dataloader.manifests import (
     DataError,
     manifest_path,
     manifest_sha256,
-    one_line,
-    open_regular_file,
     read_classes,
     read_manifest,
-    read_regular_file,
 )
 from training.files import atomic_write
+from utils import load_torch_file, one_line, read_regular_file
 
 IMAGE_SHAPE = (3, 32, 32)
 AUGMENTATIONS = ("crop-flip", "none", "imagenet")
@@ -99,18 +98,18 @@ class ManifestDataset(Dataset):
         return image, label
 
 
-def _load_cache(cache: Path, digest: str, labels: torch.Tensor) -> torch.Tensor | None:
+def _load_cache(cache: Path, key: dict, labels: torch.Tensor) -> torch.Tensor | None:
     """The cached images of a split, or None (to rebuild it) unless the cache stands for
-    exactly the manifest read: its sha256, its labels in order and one uint8 [3, 32, 32]
-    image per entry."""
+    exactly the split read: its key (the manifest's sha256 and the image files' sizes and
+    times), its labels in order and one uint8 [3, 32, 32] image per entry."""
     max_bytes = len(labels) * (math.prod(IMAGE_SHAPE) + labels.element_size()) + (1 << 20)
     try:
-        with open_regular_file(cache, max_bytes) as stream:
-            content = torch.load(stream, map_location="cpu", weights_only=True)
+        content = load_torch_file(cache, max_bytes)
     except Exception:
-        # A missing, special, oversized or unreadable cache is rebuilt, whatever went wrong.
+        # A missing, special, oversized, inflating or unreadable cache is rebuilt, whatever
+        # went wrong.
         return None
-    if not isinstance(content, dict) or content.get("manifest_sha256") != digest:
+    if not isinstance(content, dict) or any(content.get(k) != v for k, v in key.items()):
         return None
     images, cached_labels = content.get("images"), content.get("labels")
     if (
@@ -123,6 +122,16 @@ def _load_cache(cache: Path, digest: str, labels: torch.Tensor) -> torch.Tensor 
     ):
         return None
     return images
+
+
+def image_files_sha256(entries: Sequence[tuple[str, int]]) -> str:
+    """Identifies the image files of a manifest as they are now: their paths, sizes and
+    modification times, so that a PNG replaced in place invalidates the cache."""
+    digest = hashlib.sha256()
+    for image_path, _ in entries:
+        status = os.stat(image_path)
+        digest.update(f"{image_path}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def _save_cache(cache: Path, content: dict) -> None:
@@ -138,15 +147,19 @@ def load_split(data_dir: str | os.PathLike, split: str) -> tuple[torch.Tensor, t
     """All images of a split as uint8 [N, 3, 32, 32] and their labels as int64 [N].
 
     Decoded once into <split>_cache.pt beside the manifest. The manifest is read and checked
-    every time; the cache is used only when it holds the manifest's sha256, its labels and one
-    image per entry, and rebuilt otherwise.
+    every time; the cache is used only when it holds the manifest's sha256, the sizes and
+    modification times of the image files, its labels and one image per entry, and rebuilt
+    otherwise.
     """
     manifest = manifest_path(data_dir, split)
     entries = read_manifest(manifest)
     labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
-    digest = manifest_sha256(data_dir, split)
+    key = {
+        "manifest_sha256": manifest_sha256(data_dir, split),
+        "images_sha256": image_files_sha256(entries),
+    }
     cache = manifest.with_name(f"{split}_cache.pt")
-    cached = _load_cache(cache, digest, labels)
+    cached = _load_cache(cache, key, labels)
     if cached is not None:
         return cached, labels
     pixels = np.empty((len(entries), 32, 32, 3), dtype=np.uint8)
@@ -158,7 +171,7 @@ def load_split(data_dir: str | os.PathLike, split: str) -> tuple[torch.Tensor, t
             )
         pixels[index] = np.asarray(image)
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
-    _save_cache(cache, {"manifest_sha256": digest, "images": images, "labels": labels})
+    _save_cache(cache, {**key, "images": images, "labels": labels})
     return images, labels
 
 

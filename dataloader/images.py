@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps
 
-from dataloader.manifests import one_line
+from utils import one_line
 
 if TYPE_CHECKING:
     import torch

@@ -6,15 +6,14 @@ Nothing here needs torch, so that data preparation starts without it (about 2 s)
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import reprlib
 import stat
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+
+from utils import one_line, read_regular_file
 
 SPLITS = ("train", "valid", "test")
 CLASSES_FILE = "classes.json"
@@ -40,32 +39,6 @@ def manifest_sha256(data_dir: str | os.PathLike, split: str) -> str:
     """Identifies a split: checkpoints record it, so --resume and eval.py can tell whether
     they are given the data the run was trained on."""
     return hashlib.sha256(_read_data_file(manifest_path(data_dir, split))).hexdigest()
-
-
-@contextlib.contextmanager
-def open_regular_file(path: Path, max_bytes: int) -> Iterator[BinaryIO]:
-    """path opened for reading once it is known to be a regular file of at most max_bytes.
-
-    The open does not block and the checks come before any read, so a FIFO, a device (such
-    as a link to /dev/zero) or a huge sparse file raises ValueError instead of hanging or
-    filling memory.
-    """
-    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as stream:
-        status = os.fstat(stream.fileno())
-        if not stat.S_ISREG(status.st_mode):
-            raise ValueError("not a regular file")
-        if status.st_size > max_bytes:
-            raise ValueError(f"{status.st_size:,} bytes, more than the {max_bytes:,} allowed")
-        yield stream
-
-
-def read_regular_file(path: Path, max_bytes: int) -> bytes:
-    """The content of a regular file of at most max_bytes; ValueError for anything else."""
-    with open_regular_file(path, max_bytes) as stream:
-        content = stream.read(max_bytes + 1)
-    if len(content) > max_bytes:
-        raise ValueError(f"grew beyond the {max_bytes:,} bytes allowed while read")
-    return content
 
 
 class _JSONBeyondLimits(ValueError):
@@ -116,10 +89,6 @@ def _read_json(path: Path) -> object:
         raise DataError(f"{path}: {error}") from None
     except RecursionError:
         raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def read_classes(data_dir: str | os.PathLike) -> list[str]:

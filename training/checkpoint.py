@@ -22,7 +22,6 @@ Checkpoints of version 1 kept the resume state at the top level; they still load
 
 import math
 import pickle
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +33,27 @@ from models import MODELS, build_model
 from training.cli import UserError, first_line
 from training.files import atomic_write
 from training.precision import autocast, resolve_amp
+from utils import UnsafeFile, load_torch_file
 
 CHECKPOINT_FORMAT = "fishnet-cifar-checkpoint"
+CHECKPOINT_FILES = ("last.pt", "best.pt")  # a run folder's checkpoints
 CHECKPOINT_VERSION = 1
 # A checkpoint of FishNet-201 is about 175 MB with its optimizer state; anything far
-# larger is not one, and reading it whole could exhaust the memory.
+# larger is not one, and reading it whole could exhaust the memory. Its tensors take no
+# more memory than the file's size (utils.load_torch_file).
 MAX_CHECKPOINT_BYTES = 4 << 30
+
+
+def refuse_existing_run(folder: Path) -> None:
+    """A UserError if ``folder`` holds a run (a checkpoint): only --resume or --overwrite
+    may touch it. A folder whose run ended before its first checkpoint holds nothing to
+    keep."""
+    kept = [name for name in CHECKPOINT_FILES if (Path(folder) / name).exists()]
+    if kept:
+        raise UserError(
+            f"{folder} already holds a run ({', '.join(kept)}); pass --resume to continue it, "
+            "--overwrite to replace it, or another --out"
+        )
 
 
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
@@ -54,34 +68,39 @@ def save_checkpoint(checkpoint: dict, path: Path) -> None:
         ) from None
 
 
+def read_torch_file(path: Path, what: str = "checkpoint") -> object:
+    """A torch file's content (tensors and plain containers only, so nothing in it runs),
+    within the bounds of :func:`utils.load_torch_file`; anything else is a one-line
+    UserError naming the file."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise UserError(f"{path}: no such {what} file")
+        return load_torch_file(path, MAX_CHECKPOINT_BYTES)
+    except UserError:
+        raise
+    except UnsafeFile as error:
+        raise UserError(f"{path}: refused, {first_line(error)}") from None
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower() and "unsupported" in str(error).lower():
+            raise UserError(
+                f"{path}: not a {what} of this repository (it holds objects other than "
+                "tensors and plain containers, which are not loaded since that could run code)"
+            ) from None
+        raise UserError(f"{path}: not a readable {what} (damaged or not one)") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot read ({first_line(error)})") from None
+    except Exception as error:
+        raise UserError(
+            f"{path}: not a readable {what} (damaged, truncated or not one: {first_line(error)})"
+        ) from None
+
+
 def load_checkpoint(path: Path) -> dict:
     """Loads a checkpoint of this repository and checks its parts; anything else is a
     one-line UserError naming the file and what is wrong."""
     path = Path(path)
-    try:
-        if not path.is_file():
-            raise UserError(f"{path}: no such checkpoint file")
-        size = path.stat().st_size
-    except OSError as error:
-        raise UserError(f"{path}: cannot read ({first_line(error)})") from None
-    if size > MAX_CHECKPOINT_BYTES:
-        raise UserError(f"{path}: {size / 2**30:.1f} GiB, too large to be a checkpoint")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's notes on pickle protocols of foreign files
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights only" in str(error).lower() and "unsupported" in str(error).lower():
-            raise UserError(
-                f"{path}: not a checkpoint of this repository (it holds objects other than "
-                "tensors and plain containers, which are not loaded since that could run code)"
-            ) from None
-        raise UserError(f"{path}: not a readable checkpoint (damaged or not one)") from None
-    except Exception as error:
-        raise UserError(
-            f"{path}: not a readable checkpoint (damaged, truncated or not one: "
-            f"{first_line(error)})"
-        ) from None
+    checkpoint = read_torch_file(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not a checkpoint of this repository")
     if checkpoint.get("version") != CHECKPOINT_VERSION:

@@ -1,0 +1,185 @@
+"""The bottom layer every package may import: one-line messages, text that is safe to print
+on a terminal, and files read with bounds on what they may cost.
+
+Standard library only at import time (data/download_data.py starts without torch); torch is
+imported in the one function that needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import sys
+import warnings
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+# Characters a terminal acts on instead of showing: C0 controls (ESC starts the sequences
+# that clear the screen or retitle the window), DEL, C1 controls (0x9b is a one-byte CSI),
+# the bidirectional overrides that reorder what is shown ("Trojan Source"), and the lone
+# surrogates that stand for undecodable bytes in file names (os.fsdecode).
+_BIDI_CONTROLS = {*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C}
+# What a message may keep: its own line structure (progress bars redraw with \r).
+_LAYOUT = {"\n", "\r", "\t"}
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, as os.fsdecode keeps it
+        return f"\\x{code - 0xDC00:02x}"
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}"
+
+
+def _is_unsafe(char: str) -> bool:
+    code = ord(char)
+    return code < 0x20 or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF or code in _BIDI_CONTROLS
+
+
+def printable(text: object) -> str:
+    """``str(text)`` with every character a terminal would act on written as an escape
+    (``\\x1b``, ``\\xe9`` for an undecodable byte, ``\\u202e``), newlines and tabs too: a
+    file or class name shown with it is one line of plain text."""
+    text = str(text)
+    if not any(_is_unsafe(char) for char in text):
+        return text
+    return "".join(_escape(char) if _is_unsafe(char) else char for char in text)
+
+
+def _printable_message(text: str) -> str:
+    """Like :func:`printable`, but keeping newlines, tabs and carriage returns."""
+    if not any(_is_unsafe(char) for char in text):
+        return text
+    return "".join(
+        _escape(char) if _is_unsafe(char) and char not in _LAYOUT else char for char in text
+    )
+
+
+class PrintableStream:
+    """A text stream whose writes reach the terminal as plain text (see :func:`printable`;
+    line breaks and carriage returns are kept): a name printed anywhere in a program cannot
+    send the terminal a control sequence, and a name that is not UTF-8 cannot crash it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(_printable_message(text))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def make_output_printable() -> None:
+    """Routes this process's standard output and error through :class:`PrintableStream`."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, PrintableStream):
+            setattr(sys, name, PrintableStream(stream))
+
+
+class UnsafeFile(ValueError):
+    """A file refused before it is read: not a regular file, larger than allowed, or able to
+    take far more memory than its size once read."""
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (its type's name where it has none)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+@contextlib.contextmanager
+def open_regular_file(path: Path, max_bytes: int) -> Iterator[BinaryIO]:
+    """path opened for reading once it is known to be a regular file of at most max_bytes.
+
+    The open does not block and the checks come before any read, so a FIFO, a device (such
+    as a link to /dev/zero) or a huge sparse file raises ValueError instead of hanging or
+    filling memory.
+    """
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as stream:
+        status = os.fstat(stream.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise UnsafeFile("not a regular file")
+        if status.st_size > max_bytes:
+            raise UnsafeFile(f"{status.st_size:,} bytes, more than the {max_bytes:,} allowed")
+        yield stream
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """The content of a regular file of at most max_bytes; UnsafeFile for anything else."""
+    with open_regular_file(path, max_bytes) as stream:
+        content = stream.read(max_bytes + 1)
+    if len(content) > max_bytes:
+        raise UnsafeFile(f"grew beyond the {max_bytes:,} bytes allowed while read")
+    return content
+
+
+def _check_zip_records(stream: BinaryIO, size: int) -> None:
+    """torch.save writes its records as they are; a compressed one could inflate to many
+    times the file's size (a "zip bomb"), so it is refused before anything is inflated."""
+    with zipfile.ZipFile(stream) as archive:
+        inflated = 0
+        for record in archive.infolist():
+            if record.compress_type != zipfile.ZIP_STORED:
+                raise UnsafeFile(
+                    f"its record {record.filename!r} is compressed, which torch.save never "
+                    "does (it could inflate far beyond the file's size)"
+                )
+            inflated += record.file_size
+    if inflated > size:
+        raise UnsafeFile(f"its records claim {inflated:,} bytes in a file of {size:,}")
+
+
+def _tensor_bytes(value: object) -> int:
+    """The bytes of all tensors in nested containers (of a load in torch's fake mode)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.untyped_storage().nbytes()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _check_legacy_storages(stream: BinaryIO, size: int) -> None:
+    """A file of torch's format before 1.6 (the FishNet authors' release) declares each
+    tensor's size before its data, and torch allocates that size first: a small file could
+    ask for terabytes. Its tensors are read once in fake mode, which allocates nothing, and
+    must fit in the file."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        skeleton = torch.load(stream, weights_only=True)
+    declared = _tensor_bytes(skeleton)
+    if declared > size:
+        raise UnsafeFile(f"it declares {declared:,} bytes of tensors in a file of {size:,}")
+
+
+def load_torch_file(path: Path, max_bytes: int) -> object:
+    """``torch.load(path, weights_only=True)`` onto the CPU, for a regular file of at most
+    ``max_bytes`` whose tensors cannot take more memory than the file's own size.
+
+    The bounds are checked before torch allocates anything, and the file is read through the
+    descriptor that was checked. UnsafeFile (one line) for a file beyond them; torch's own
+    exceptions for a file it cannot read.
+    """
+    import torch
+
+    with open_regular_file(path, max_bytes) as stream, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notes on the pickle protocols of old files
+        size = os.fstat(stream.fileno()).st_size
+        if zipfile.is_zipfile(stream):
+            _check_zip_records(stream, size)
+        else:
+            stream.seek(0)
+            _check_legacy_storages(stream, size)
+        stream.seek(0)
+        return torch.load(stream, map_location="cpu", weights_only=True)
