@@ -13,6 +13,7 @@ training/options.py, the pieces of the loop in training/engine.py.
 import argparse
 import json
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -24,7 +25,12 @@ from torch import nn
 
 from dataloader import DeviceLoader, channel_stats, load_split, manifest_sha256, read_classes
 from models import build_model, switch_kwargs
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import (
+    CHECKPOINT_FILES,
+    load_checkpoint,
+    refuse_existing_run,
+    save_checkpoint,
+)
 from training.cli import UserError, first_line, rerun_command, run_cli
 from training.distributed import (
     distribute,
@@ -45,13 +51,14 @@ from training.engine import (
     train_one_epoch,
 )
 from training.files import FolderLock, atomic_write, write_text
-from training.metrics import evaluate
+from training.metrics import EvaluationStopped, evaluate
 from training.optim import make_optimizer, make_scheduler
 from training.options import parse_args, resume_mismatches
 from training.plots import write_history
 from training.precision import resolve_amp
+from utils import printable
 
-OUTPUT_FILES = ("last.pt", "best.pt", "history.json", "history.csv", "acc.png", "loss.png")
+OUTPUT_FILES = (*CHECKPOINT_FILES, "history.json", "history.csv", "acc.png", "loss.png")
 SCORES = ("loss", "top1", "top5", "flip_top1", "flip_top5")
 # Compiling the step costs about 2 minutes the first time on a machine (seconds once
 # PyTorch's cache holds it) and saves about 40 % of every step: on one H100, FishNet-99
@@ -62,7 +69,7 @@ COMPILE_PAYS_BACK_IMAGES = 2_000_000
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    rank, world_size, device = init_distributed(args.device)
+    rank, world_size, device = init_distributed(args.device, args.dist_timeout)
     try:
         train(args, rank, world_size, device)
     finally:
@@ -111,17 +118,26 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
             raise SystemExit(128 + stopped.signum) from None
         started = time.perf_counter()
         row = {"epoch": epoch + 1, "lr": progress.lr, **progress.summary()}
-        for split, loader in data.monitored.items():
-            scores = evaluate(
-                run.eval_model,
-                loader,
-                data.num_classes,
-                device,
-                run.amp,
-                flip=args.flip_eval,
-                desc=f"{split} after epoch {epoch + 1}",
-            )
-            row.update({f"{split}_{key}": scores[key] for key in SCORES if key in scores})
+        try:
+            for split, loader in data.monitored.items():
+                scores = evaluate(
+                    run.eval_model,
+                    loader,
+                    data.num_classes,
+                    device,
+                    run.amp,
+                    flip=args.flip_eval,
+                    desc=f"{split} after epoch {epoch + 1}",
+                    should_stop=lambda: stop.signal is not None,
+                )
+                row.update({f"{split}_{key}": scores[key] for key in SCORES if key in scores})
+        except EvaluationStopped:
+            # The epoch's training is saved as an epoch interrupted at its end: --resume
+            # runs only its evaluation. Waiting for the evaluation could outlast the grace
+            # period of a container or scheduler, which then kills the run.
+            stopped = Interrupted(stop.signal or signal.SIGTERM, progress)
+            run.save_interrupted(epoch, stopped, data, out, main_process, world_size)
+            raise SystemExit(128 + stopped.signum) from None
         eval_time = time.perf_counter() - started
         row.update(
             images_per_sec=progress.samples / progress.seconds,
@@ -165,12 +181,10 @@ def claim_output(
                 "resume with the flags of the original run"
             )
         return lock, checkpoint
-    # A run that ended before its first checkpoint left nothing worth keeping; the lock
-    # above keeps out a run still going.
-    if last.exists() and not args.overwrite:
-        raise UserError(
-            f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
-        )
+    # The lock above keeps out a run still going; a checkpoint is never replaced unasked,
+    # even a best.pt without its last.pt.
+    if not args.overwrite:
+        refuse_existing_run(out)
     if main_process:
         for path in [*(out / name for name in OUTPUT_FILES), *out.glob("confusion_*.png")]:
             path.unlink(missing_ok=True)
@@ -422,9 +436,13 @@ class Run:
         self.state.partial = {"loaders": loaders, "progress": progress.state_dict()}
         if main_process:
             save_checkpoint(self.checkpoint(data, epoch), out / "last.pt")
+            where = (
+                f"after the training of epoch {epoch + 1}, before its evaluation"
+                if data.train.step == len(data.train)
+                else f"at epoch {epoch + 1}, step {data.train.step}"
+            )
             print(
-                f"{stopped}: stopped at epoch {epoch + 1}, step {data.train.step}; saved "
-                f"{out / 'last.pt'}. Resume with:\n  "
+                f"{stopped}: stopped {where}; saved {out / 'last.pt'}. Resume with:\n  "
                 + rerun_command("train.py", drop=("--resume", "--overwrite"), add=("--resume",)),
                 file=sys.stderr,
             )
@@ -445,7 +463,7 @@ class Run:
             if is_best:
                 atomic_write(out / "best.pt", lambda tmp: shutil.copyfile(out / "last.pt", tmp))
             args = self.args
-            title = f"{args.model} (width {args.width}), {out.name}"
+            title = f"{args.model} (width {args.width}), {printable(out.name)}"
             try:
                 write_history(state.history, out, title)
             except OSError as error:

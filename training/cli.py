@@ -1,19 +1,37 @@
-"""Command-line plumbing: user errors as one line and exit status 2, argparse value types."""
+"""Command-line plumbing: user errors as one line and exit status 2, argparse value types,
+output paths checked before the work, child processes that end with their parent."""
 
 import argparse
+import ctypes
+import math
 import os
 import shlex
 import shutil
+import signal
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dataloader import DataError
 from dataloader.images import ImageError
+from utils import make_output_printable, printable
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class UserError(Exception):
     """A mistake in the command, a file or the data: reported as one line, exit status 2."""
+
+
+class Ended(Exception):
+    """A command that ends with ``status`` and a one-line note, its work saved or another
+    program's error already shown: Ctrl-C or SIGTERM (128 + the signal's number, the note
+    saying what was kept and how to go on), or a child program that failed (its status)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def program_name() -> str:
@@ -21,12 +39,17 @@ def program_name() -> str:
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Runs a command-line entry point, turning user errors into one line and exit status 2."""
+    """Runs a command-line entry point: user errors become one line and exit status 2, and
+    everything printed is plain text (no terminal control sequences, whatever the names)."""
+    make_output_printable()
     try:
         main()
     except (UserError, DataError, ImageError) as error:
-        print(f"{program_name()}: error: {error}", file=sys.stderr)
+        print(f"{program_name()}: error: {printable(error)}", file=sys.stderr)
         sys.exit(2)
+    except Ended as ended:
+        print(f"{program_name()}: {printable(ended)}", file=sys.stderr)
+        sys.exit(ended.status)
     except KeyboardInterrupt:
         print(f"{program_name()}: interrupted", file=sys.stderr)
         sys.exit(130)
@@ -53,16 +76,30 @@ def non_negative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
     return value
 
 
 def non_negative_float(text: str) -> float:
     value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be zero or a positive finite number, got {text}")
     return value
+
+
+def at_most(parse: Callable[[str], float], limit: float) -> Callable[[str], float]:
+    """The argparse type ``parse`` with an upper bound: values beyond it would only hang,
+    overflow or exhaust the machine."""
+
+    def parse_at_most(text: str) -> float:
+        value = parse(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be at most {limit:,}, got {text}")
+        return value
+
+    parse_at_most.__name__ = parse.__name__  # argparse names the type in its messages
+    return parse_at_most
 
 
 def fraction(text: str) -> float:
@@ -100,3 +137,64 @@ def rerun_command(script: str, drop: tuple[str, ...] = (), add: tuple[str, ...] 
     ``drop``, plus ``add``."""
     argv = [arg for arg in sys.argv[1:] if arg not in drop]
     return shlex.join([python_command(), script, *argv, *add])
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Refuses, before any work, an output file that cannot be written where it is asked
+    for: a folder, or a path below a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: a folder, not a file")
+    check_output_folder(path.parent, flag, shown=path)
+
+
+def check_output_folder(folder: Path, flag: str, shown: Path | None = None) -> None:
+    """Refuses, before any work, an output folder that is a file or lies inside one."""
+    shown = shown if shown is not None else folder
+    for ancestor in (Path(folder), *Path(folder).parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise UserError(f"{flag} {shown}: {ancestor} is a file, not a folder")
+            return
+
+
+def _end_with(parent: int) -> Callable[[], None]:
+    """Run in the child before it starts: the kernel sends it SIGTERM when its parent dies
+    (Linux's PR_SET_PDEATHSIG), so a killed parent leaves no orphan training on."""
+
+    def end_with_parent() -> None:
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return end_with_parent
+
+
+def run_child(command: Sequence[str]) -> int:
+    """Runs ``command`` to its end and returns its exit status; the child ends with this
+    process.
+
+    Ctrl-C and SIGTERM given to this process are passed on to the child, once each (the
+    child runs in a session of its own, so a terminal's Ctrl-C does not reach it twice), and
+    the child stops as it does for them: train.py saves its place and exits. Then this
+    raises :class:`Ended`. If this process is killed outright, the child gets SIGTERM.
+    """
+    received: list[int] = []
+    child = subprocess.Popen(
+        list(command), start_new_session=True, preexec_fn=_end_with(os.getpid())
+    )
+
+    def pass_on(signum: int, frame) -> None:
+        received.append(signum)
+        child.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, pass_on) for signum in STOP_SIGNALS}
+    try:
+        status = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        raise Ended(128 + received[0], f"stopped by {signal.Signals(received[0]).name}")
+    return status

@@ -1,5 +1,6 @@
 """Devices and torchrun: one process per GPU, the first one prints and writes."""
 
+import datetime
 import os
 
 import torch
@@ -8,7 +9,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from training.cli import UserError
+from training.cli import UserError, first_line
 
 
 def resolve_device(name: str) -> torch.device:
@@ -26,17 +27,70 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
+# What torchrun sets for every process besides LOCAL_RANK; init_process_group reads them.
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+DEFAULT_TIMEOUT_SECONDS = 600  # NCCL's own default for a collective
+
+
+def _launch_settings() -> tuple[int, int, int]:
+    """(local rank, rank, world size) from torchrun's variables, checked: a process started
+    by hand with some of them would otherwise fail with a traceback or wait forever."""
+    missing = [name for name in LAUNCH_VARIABLES if name not in os.environ]
+    if missing:
+        raise UserError(
+            f"LOCAL_RANK is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+            "not: start the processes with torchrun, or unset LOCAL_RANK"
+        )
+    try:
+        local_rank, rank, world_size, port = (
+            int(os.environ[name]) for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_PORT")
+        )
+    except ValueError:
+        raise UserError(
+            "LOCAL_RANK, RANK, WORLD_SIZE and MASTER_PORT must be whole numbers"
+        ) from None
+    if not (0 <= rank < world_size and 0 <= local_rank < world_size and 0 < port < 65536):
+        raise UserError(
+            f"RANK {rank}, LOCAL_RANK {local_rank}, WORLD_SIZE {world_size} or MASTER_PORT "
+            f"{port} out of range"
+        )
+    return local_rank, rank, world_size
+
+
+def init_distributed(
+    device_name: str, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+) -> tuple[int, int, torch.device]:
     """(rank, world size, device). Under torchrun every process joins the process group
-    (NCCL between GPUs, one GPU per process; gloo on CPUs); otherwise (0, 1, device)."""
+    (NCCL between GPUs, one GPU per process; gloo on CPUs); otherwise (0, 1, device).
+
+    ``timeout_seconds`` bounds the wait for the other processes to join, and for any
+    collective operation afterwards: a process whose peers never come ends with one line.
+    """
     device = resolve_device(device_name)
     if "LOCAL_RANK" not in os.environ:
         return 0, 1, device
+    local_rank, rank, world_size = _launch_settings()
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        if rank == 0:
+            tqdm.write(
+                f"joining {world_size} processes at {address} (waiting up to "
+                f"{timeout_seconds:g} s for them)"
+            )
+        try:
+            dist.init_process_group(
+                "nccl" if device.type == "cuda" else "gloo",
+                timeout=datetime.timedelta(seconds=timeout_seconds),
+            )
+        except dist.DistError as error:
+            raise UserError(
+                f"the {world_size} processes did not all join at {address} within "
+                f"{timeout_seconds:g} s ({first_line(error)}); start every one of them, "
+                "as torchrun does"
+            ) from None
     return dist.get_rank(), dist.get_world_size(), device
 
 

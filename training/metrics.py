@@ -1,8 +1,9 @@
 """Top-k counts and the evaluation of a split, with counts kept on the device."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -10,6 +11,21 @@ from training.distributed import all_reduce_sum, is_main_process
 from training.precision import autocast
 
 TOPK = (1, 5)
+
+
+class EvaluationStopped(Exception):
+    """A stop request (Ctrl-C, SIGTERM) came while a split was scored; its scores are lost,
+    what was trained before is not."""
+
+
+def _stop_now(should_stop: Callable[[], bool], device: torch.device) -> bool:
+    """Whether to stop before the next batch. Under torchrun the processes decide together,
+    at every batch (each has as many), so that none waits for the others forever."""
+    if not dist.is_initialized():
+        return should_stop()
+    flag = torch.tensor([int(should_stop())], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def count_topk_correct(logits: Tensor, targets: Tensor) -> Tensor:
@@ -29,13 +45,15 @@ def evaluate(
     *,
     flip: bool = False,
     desc: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict:
     """Loss, top-1, top-5 (percent) and the confusion matrix (rows: true class) of a split.
 
     ``flip`` also scores the mean of the logits of every image and its mirror image
     (``flip_top1``, ``flip_top5``), beside the plain scores, never instead of them. ``desc``
     shows a progress bar with that label. Counts stay on the device until the end, so the
-    loop never waits for the GPU.
+    loop never waits for the GPU. ``should_stop``, asked before every batch, ends the
+    evaluation with :class:`EvaluationStopped` when it returns True.
     """
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -49,6 +67,9 @@ def evaluate(
         disable=desc is None or not is_main_process(),
     )
     for images, labels in batches:
+        if should_stop is not None and _stop_now(should_stop, device):
+            batches.close()
+            raise EvaluationStopped
         with autocast(device, amp):
             logits = model(images).float()
             if flip:

@@ -6,12 +6,15 @@ from dataloader import AUGMENTATIONS
 from models import INITS, SWITCHES, check_width, model_names, switch_kwargs
 from training.cli import (
     HelpFormatter,
+    UserError,
+    at_most,
     fraction,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
 )
+from training.distributed import DEFAULT_TIMEOUT_SECONDS
 from training.optim import OPTIMIZERS, SCHEDULES
 from training.precision import AMP_CHOICES
 
@@ -83,12 +86,23 @@ RUN_DEFINING = (
 )
 
 
+# Upper bounds of the flags whose larger values would only hang, overflow or exhaust the
+# machine (a run of a million epochs, a network 100 times as wide, a seed torch cannot take).
+MAX_WIDTH = 4.0
+MAX_EPOCHS = 10_000
+MAX_SEED = 2**32 - 1
+MAX_TIMEOUT_SECONDS = 24 * 3600
+seed_number = at_most(non_negative_int, MAX_SEED)
+
+
 def model_width(text: str) -> float:
     value = float(text)
     try:
         check_width(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+    if value > MAX_WIDTH:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_WIDTH:g}, got {text}")
     return value
 
 
@@ -134,11 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="SE-gated bridge, its residual units alone, or none",
     )
     recipe = parser.add_argument_group("recipe").add_argument
-    recipe("--epochs", type=positive_int, default=100, help="epochs")
+    recipe("--epochs", type=at_most(positive_int, MAX_EPOCHS), default=100, help="epochs")
     recipe("--batch-size", type=positive_int, default=256, help="images per step and process")
     recipe("--optimizer", default="sgd", choices=OPTIMIZERS, help="optimizer")
     recipe("--lr", type=positive_float, default=0.1, help="peak learning rate")
-    recipe("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
+    recipe("--momentum", type=fraction, default=0.9, help="SGD momentum")
     recipe("--nesterov", action=on_off, default=False, help="Nesterov momentum (SGD)")
     recipe("--weight-decay", type=non_negative_float, default=1e-4, help="L2 penalty")
     recipe(
@@ -171,9 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="decay per step of an exponential moving average of the weights, which is "
         "evaluated and checkpointed (none given: no average)",
     )
-    recipe(
-        "--seed", type=non_negative_int, default=0, help="seed of weights, shuffle, augmentation"
-    )
+    recipe("--seed", type=seed_number, default=0, help="seed of weights, shuffle, augmentation")
     recipe(
         "--train-subset",
         type=positive_int,
@@ -227,11 +239,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     speed("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun")
     speed("--deterministic", action="store_true", help="deterministic kernels (slower)")
+    speed(
+        "--dist-timeout",
+        type=at_most(positive_float, MAX_TIMEOUT_SECONDS),
+        default=DEFAULT_TIMEOUT_SECONDS,
+        help="under torchrun: seconds to wait for the other processes to join, and for any "
+        "exchange between them",
+    )
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    argv: list[str] | None = None, passed_on_by: str | None = None
+) -> argparse.Namespace:
+    """train.py's flags. ``passed_on_by`` names another program (ablate.py, bench.py) that
+    passes them on to train.py: a bad flag is then that program's one-line UserError,
+    before it starts any work, instead of train.py's usage message."""
     parser = build_parser()
+    if passed_on_by is not None:
+
+        def refuse(message: str) -> None:
+            raise UserError(
+                f"{message} (among the flags that {passed_on_by} passes on to train.py; "
+                "python train.py --help lists them)"
+            )
+
+        parser.error = refuse
     preset = parser.parse_known_args(argv)[0].preset
     parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args(argv)
