@@ -9,7 +9,8 @@ A variant is ``baseline`` (the paper's network) or one or more switches joined b
 each ``name=value`` with the name of its train.py flag (downsample, upsample,
 body-shortcut, body-dilation, transfer, bridge) and ``on``/``off`` for body-dilation and
 transfer. Every other flag goes to train.py, so all variants train with the same recipe,
-seed and number of epochs, each into OUT/VARIANT (replacing a run already there). Each
+seed and number of epochs, each into OUT/VARIANT (a run already there is kept: pass
+--resume to go on with the runs in OUT, or --overwrite to replace them). Each
 variant's valid top-1 is the best epoch's, and its test top-1 that of the same checkpoint
 (best.pt); its time is the run's wall-clock time, validation included. The markdown table
 (--table), the bar plot of test top-1 (--plot) and OUT/ablation.json are rewritten after
@@ -20,7 +21,6 @@ import argparse
 import datetime
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,8 +29,15 @@ import torch
 
 from dataloader import DeviceLoader, load_split
 from models import SWITCHES, count_macs, count_parameters, switch_flags
-from training.checkpoint import load_checkpoint, load_ready_model
-from training.cli import UserError, run_cli
+from training.checkpoint import load_checkpoint, load_ready_model, refuse_existing_run
+from training.cli import (
+    Ended,
+    check_output_file,
+    check_output_folder,
+    rerun_command,
+    run_child,
+    run_cli,
+)
 from training.distributed import resolve_device
 from training.files import atomic_write, write_text
 from training.metrics import evaluate
@@ -110,20 +117,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--out", type=Path, default=Path("runs/ablate"), help="runs go to OUT/VARIANT")
     add("--table", type=Path, default=None, help="the markdown table (default: OUT/ablation.md)")
     add("--plot", type=Path, default=None, help="the bar plot (default: OUT/ablation.png)")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the runs in OUT: finished variants are kept, a stopped one goes on, "
+        "the others start",
+    )
+    existing.add_argument(
+        "--overwrite", action="store_true", help="replace the runs already in OUT/VARIANT"
+    )
     args, train_flags = parser.parse_known_args(argv)
     args.variants = args.variants or all_variants()
     names = [variant_name(v) for v in args.variants]
     if len(set(names)) != len(names):
         parser.error(f"--variants names a variant twice: {' '.join(names)}")
-    if {"--resume", "--overwrite"} & {flag.split("=")[0] for flag in train_flags}:
-        parser.error("ablate.py always starts each run afresh in OUT/VARIANT (--overwrite)")
-    # Every variant's train.py arguments, checked before the first run starts.
+    # Every variant's train.py arguments and output folder, checked before the first run.
     args.runs = {}
     for name, switches in zip(names, args.variants, strict=True):
         flags = [flag for key, value in switches.items() for flag in switch_flags(key, value)]
         folder = args.out / name.replace("=", "-").replace(",", "+")
-        argv = ["--preset", args.preset, *train_flags, *flags, "--out", str(folder), "--overwrite"]
-        run = parse_train_args(argv)
+        argv = ["--preset", args.preset, *train_flags, *flags, "--out", str(folder)]
+        run = parse_train_args(argv, passed_on_by="ablate.py")
+        check_output_folder(folder, "--out")
+        if args.overwrite:
+            argv.append("--overwrite")
+        elif args.resume and (folder / "last.pt").exists():
+            argv.append("--resume")
+        elif not args.resume:
+            refuse_existing_run(folder)
         run.argv = argv
         set_elsewhere = [
             " ".join(switch_flags(key, getattr(run, key)))
@@ -139,6 +161,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.train_flags = train_flags
     args.table = args.table or args.out / "ablation.md"
     args.plot = args.plot or args.out / "ablation.png"
+    check_output_file(args.table, "--table")
+    check_output_file(args.plot, "--plot")
+    check_output_file(args.out / "ablation.json", "--out")
     return args
 
 
@@ -262,10 +287,18 @@ def main(argv: list[str] | None = None) -> None:
     for index, (name, (_, run)) in enumerate(args.runs.items()):
         print(f"\n== ablation {index + 1}/{len(args.runs)}: {name} -> {run.out}", flush=True)
         train_script = Path(__file__).resolve().parent / "train.py"
-        finished = subprocess.run([sys.executable, str(train_script), *run.argv], check=False)
-        if finished.returncode:
-            raise UserError(
-                f"variant {name}: train.py ended with exit status {finished.returncode}"
+        try:
+            status = run_child([sys.executable, str(train_script), *run.argv])
+        except Ended as ended:
+            again = rerun_command("ablate.py", drop=("--resume", "--overwrite"), add=("--resume",))
+            raise Ended(
+                ended.status,
+                f"{ended} during variant {name}; the finished variants are in {args.table}, "
+                f"and the ablation goes on with: {again}",
+            ) from None
+        if status:
+            raise Ended(
+                status, f"variant {name}: train.py ended with exit status {status} (see above)"
             )
         results[name] = evaluate_run(run, test_split)
         counts = results[name]

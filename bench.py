@@ -17,7 +17,6 @@ import datetime
 import json
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -35,13 +34,20 @@ from dataloader import (
     manifest_path,
     read_classes,
 )
-from models import build_model, count_macs
+from models import build_model, count_macs, model_names
+from training.checkpoint import refuse_existing_run
 from training.cli import (
+    Ended,
     HelpFormatter,
     UserError,
+    at_most,
+    check_output_file,
+    check_output_folder,
     non_negative_int,
     positive_float,
     positive_int,
+    rerun_command,
+    run_child,
     run_cli,
 )
 from training.distributed import (
@@ -55,12 +61,16 @@ from training.distributed import (
 from training.engine import TrainStep
 from training.files import atomic_write, write_text
 from training.optim import make_optimizer
-from training.options import PRESETS
+from training.options import PRESETS, model_width, seed_number
 from training.options import parse_args as parse_train_args
 from training.precision import AMP_CHOICES, resolve_amp
 
 DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "cifar10"
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
+# Bounds of the flags whose larger values would hang or exhaust the machine.
+MAX_SECONDS = 3600
+step_count = at_most(positive_int, 100_000)
+worker_count = at_most(non_negative_int, 64)
 # Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs this benchmark knows by name.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
@@ -169,9 +179,10 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 def bench_train(args: argparse.Namespace) -> None:
     run = parse_train_args(
         [
-            *("--model", args.model, "--width", args.width, "--data", str(args.data)),
+            *("--model", args.model, "--width", str(args.width), "--data", str(args.data)),
             *("--batch-size", str(args.batch_size), "--device", args.device),
-        ]
+        ],
+        passed_on_by="bench.py",
     )
     rank, world_size, device = init_distributed(run.device)
     amp = resolve_amp(args.amp, device)
@@ -179,6 +190,11 @@ def bench_train(args: argparse.Namespace) -> None:
     mode = args.compile_mode if device.type == "cuda" and world_size == 1 else None
     torch.backends.cudnn.benchmark = True
     images, labels = load_split(run.data, "train")
+    if len(labels) < run.batch_size * world_size:
+        raise UserError(
+            f"--batch-size {run.batch_size} x {world_size} process(es) is more than the "
+            f"{len(labels)} training images of {run.data}; use a smaller --batch-size"
+        )
     mean, std = channel_stats(images)
     classes = len(read_classes(run.data))
 
@@ -269,13 +285,29 @@ def bench_train(args: argparse.Namespace) -> None:
     shutdown_distributed()
 
 
-def run_train_script(flags: list[str]) -> list[dict]:
-    """Runs train.py as a user would and returns its history."""
-    parse_train_args(flags)  # a bad flag stops here, before any work
-    out = Path(flags[flags.index("--out") + 1])
-    finished = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *flags], check=False)
-    if finished.returncode:
-        raise UserError(f"train.py {shlex.join(flags)}: exit status {finished.returncode}")
+def check_train_flags(flags: list[str], outs: list[Path]) -> None:
+    """Checks, before any run starts, train.py's flags and that no run folder in ``outs``
+    holds a run that the flags do not say what to do with (--overwrite, --resume)."""
+    parse_train_args(flags, passed_on_by="bench.py")
+    for out in outs:
+        check_output_folder(out, "--out")
+        if not {"--overwrite", "--resume"} & set(flags):
+            refuse_existing_run(out)
+
+
+def run_train_script(flags: list[str], out: Path) -> list[dict]:
+    """Runs train.py as a user would and returns its history. Ctrl-C or SIGTERM stop it as
+    they stop train.py (its run saved, to go on with --resume)."""
+    if "--resume" in flags and not (out / "last.pt").exists():
+        flags = [flag for flag in flags if flag != "--resume"]  # this run has not started
+    command = [sys.executable, str(TRAIN_SCRIPT), *flags, "--out", str(out)]
+    try:
+        status = run_child(command)
+    except Ended as ended:
+        again = rerun_command("bench.py", drop=("--resume", "--overwrite"), add=("--resume",))
+        raise Ended(ended.status, f"{ended}; the run in {out} resumes with: {again}") from None
+    if status:
+        raise Ended(status, f"train.py ended with exit status {status} (its message above)")
     return json.loads((out / "history.json").read_text())
 
 
@@ -289,10 +321,11 @@ def training_seconds(history: list[dict]) -> list[float]:
 
 
 def bench_tta(args: argparse.Namespace) -> None:
-    flags = ["--preset", args.preset, "--out", str(args.out), "--overwrite", *args.train_flags]
+    flags = ["--preset", args.preset, *args.train_flags]
     if args.split == "test":
         flags.append("--report-test")
-    history = run_train_script(flags)
+    check_train_flags(flags, [args.out])
+    history = run_train_script(flags, args.out)
     times = training_seconds(history)
     targets = sorted(args.targets)
     print(
@@ -318,23 +351,23 @@ def bench_tta(args: argparse.Namespace) -> None:
 def bench_report(args: argparse.Namespace) -> None:
     """Runs presets over seeds and writes the results table's rows (mean ± std)."""
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    runs = {
+        (preset, seed): args.out / f"{preset}-seed{seed}"
+        for preset in args.presets
+        for seed in args.seeds
+    }
+    for preset in args.presets:
+        check_train_flags(["--preset", preset, *args.train_flags], list(runs.values()))
+    check_output_file(args.out / "results.md", "--out")
+    figures = args.figures or args.out
+    check_output_folder(figures, "--figures")
     rows, best = [], None
     for preset in args.presets:
         finals = []
         for seed in args.seeds:
-            out = args.out / f"{preset}-seed{seed}"
-            flags = [
-                "--preset",
-                preset,
-                "--seed",
-                str(seed),
-                "--out",
-                str(out),
-                "--overwrite",
-                "--report-test",
-                *args.train_flags,
-            ]
-            history = run_train_script(flags)
+            out = runs[preset, seed]
+            flags = ["--preset", preset, "--seed", str(seed), "--report-test", *args.train_flags]
+            history = run_train_script(flags, out)
             last = history[-1]
             finals.append(
                 (
@@ -366,7 +399,6 @@ def bench_report(args: argparse.Namespace) -> None:
     table = "\n".join([header, *rows]) + "\n"
     write_text(args.out / "results.md", table)
     print("\n" + table)
-    figures = args.figures or args.out
     for name in ("acc.png", "loss.png"):
         atomic_write(figures / name, lambda tmp, n=name: shutil.copyfile(best[1] / n, tmp))
     print(f"table: {args.out / 'results.md'}; curves of the best run ({best[1]}): {figures}")
@@ -392,8 +424,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     data.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared dataset folder")
     data.add_argument("--batch-size", type=positive_int, default=256, help="batch size")
-    data.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader workers")
-    data.add_argument("--seconds", type=positive_float, default=10.0, help="time per loader")
+    data.add_argument("--workers", type=worker_count, default=2, help="DataLoader workers")
+    data.add_argument(
+        "--seconds", type=at_most(positive_float, MAX_SECONDS), default=10.0, help="time per loader"
+    )
     data.add_argument("--device", default="auto", help="device of both loaders")
 
     training = subcommand(
@@ -402,12 +436,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         bench_train,
     )
     training.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared dataset")
-    training.add_argument("--model", default="fishnet99", help="the network")
-    training.add_argument("--width", default="1.0", help="channel multiplier")
+    training.add_argument("--model", default="fishnet99", choices=model_names(), help="the network")
+    training.add_argument("--width", type=model_width, default=1.0, help="channel multiplier")
     training.add_argument("--batch-size", type=positive_int, default=256, help="per process")
-    training.add_argument("--steps", type=positive_int, default=50, help="timed steps")
-    training.add_argument("--warmup", type=positive_int, default=10, help="untimed steps first")
-    training.add_argument("--workers", type=non_negative_int, default=2, help="seed-style loader")
+    training.add_argument("--steps", type=step_count, default=50, help="timed steps")
+    training.add_argument("--warmup", type=step_count, default=10, help="untimed steps first")
+    training.add_argument("--workers", type=worker_count, default=2, help="seed-style loader")
     training.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     training.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="precision")
     training.add_argument(
@@ -435,7 +469,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     tta.add_argument("--preset", default="fast", choices=PRESETS, help="train.py's recipe")
     tta.add_argument(
         "--targets",
-        type=positive_float,
+        type=at_most(positive_float, 100),
         nargs="+",
         default=[85.06, 94.0],
         help="top-1 targets (%%)",
@@ -452,7 +486,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--presets", nargs="+", choices=PRESETS, default=["fast", "accuracy"], help="recipes to run"
     )
     report.add_argument(
-        "--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], help="one run per seed"
+        "--seeds", type=seed_number, nargs="+", default=[0, 1, 2], help="one run per seed"
     )
     report.add_argument(
         "--out",
