@@ -1,4 +1,5 @@
-"""models.convert: a FishNet laid out and named as in the authors' release converts to ours.
+"""models.convert and python -m tools.convert: a FishNet laid out and named as in the
+authors' release converts to ours.
 
 ``AuthorsFishNet`` below rebuilds their module tree from the architecture (their attribute
 names, their stage lists, their forward), independently of the converter's renaming rules,
@@ -11,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import build_model
-from models.convert import ConversionError, convert_state_dict, main, unwrap
+from models.convert import ConversionError, convert_state_dict, unwrap
 from models.fishnet import CONFIGS
+from tools.convert import main
 
 
 def conv(cin, cout, kernel=1, bias=False, **kwargs):

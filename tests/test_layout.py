@@ -10,6 +10,7 @@ from graphlib import CycleError, TopologicalSorter
 from conftest import REPO_ROOT
 
 SCRIPTS = ("train.py", "eval.py", "predict.py", "bench.py", "ablate.py", "hubconf.py")
+MODULES = ("utils.py",)
 
 
 def module_name(path) -> str:
@@ -18,8 +19,8 @@ def module_name(path) -> str:
 
 
 def project_modules() -> dict[str, object]:
-    paths = [REPO_ROOT / name for name in SCRIPTS if (REPO_ROOT / name).exists()]
-    for package in ("models", "dataloader", "training", "data"):
+    paths = [REPO_ROOT / name for name in (*SCRIPTS, *MODULES) if (REPO_ROOT / name).exists()]
+    for package in ("models", "dataloader", "training", "tools", "data"):
         paths += sorted((REPO_ROOT / package).rglob("*.py"))
     return {module_name(path): path for path in paths}
 

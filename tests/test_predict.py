@@ -1,4 +1,4 @@
-"""predict.py and python -m models.visualize: a trained checkpoint on images of any kind."""
+"""predict.py and python -m tools.visualize: a trained checkpoint on images of any kind."""
 
 import json
 import subprocess
@@ -217,14 +217,14 @@ def test_classifier_matches_the_training_numerics(synthetic_checkpoint, syntheti
 
 
 def test_visualize_draws_one_panel_per_stage_at_its_resolution(synthetic_checkpoint, tmp_path):
-    from models.visualize import draw_fish
+    from tools.visualize import draw_fish
 
     image = tmp_path / "photo.jpg"
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(image)
     out = tmp_path / "fish.png"
     result = subprocess.run(
-        [sys.executable, "-m", "models.visualize", synthetic_checkpoint, image, "--out", out],
+        [sys.executable, "-m", "tools.visualize", synthetic_checkpoint, image, "--out", out],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
@@ -252,7 +252,7 @@ def test_visualize_draws_one_panel_per_stage_at_its_resolution(synthetic_checkpo
 
 
 def test_visualize_errors_are_one_line(synthetic_checkpoint, tmp_path):
-    command = [sys.executable, "-m", "models.visualize", synthetic_checkpoint, tmp_path / "no.png"]
+    command = [sys.executable, "-m", "tools.visualize", synthetic_checkpoint, tmp_path / "no.png"]
     result = subprocess.run(
         command, capture_output=True, text=True, cwd=REPO_ROOT, check=False, timeout=300
     )
