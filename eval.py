@@ -14,11 +14,20 @@ import torch
 
 from dataloader import DeviceLoader, load_split, manifest_sha256, read_classes
 from training.checkpoint import load_checkpoint, load_ready_model
-from training.cli import HelpFormatter, UserError, first_line, positive_int, program_name, run_cli
+from training.cli import (
+    HelpFormatter,
+    UserError,
+    check_output_folder,
+    first_line,
+    positive_int,
+    program_name,
+    run_cli,
+)
 from training.distributed import resolve_device
 from training.metrics import evaluate, per_class_accuracy
 from training.plots import plot_confusion
 from training.precision import AMP_CHOICES
+from utils import printable
 
 SPLITS = ("train", "valid", "test")
 
@@ -141,7 +150,8 @@ def report(args, checkpoint: dict, classes: list[str], results: dict[str, dict])
             json.dumps({s: {k: r[k] for k in keys if k in r} for s, r in results.items()}, indent=1)
         )
         return
-    print(f"{args.checkpoint}: {checkpoint['model']['name']}, epoch {checkpoint['epoch']}\n")
+    model, epoch = checkpoint["model"]["name"], checkpoint["epoch"]
+    print(f"{printable(args.checkpoint)}: {model}, epoch {epoch}\n")
     header = ["split", "images", "top-1 (%)", "top-5 (%)", "loss", "seconds"]
     header += ["flip top-1 (%)", "flip top-5 (%)"] if args.flip else []
     rows = []
@@ -157,7 +167,10 @@ def report(args, checkpoint: dict, classes: list[str], results: dict[str, dict])
         rows.append(row + ([f"{r['flip_top1']:.2f}", f"{r['flip_top5']:.2f}"] if args.flip else []))
     print(markdown_table(header, rows))
     per_class = {s: per_class_accuracy(r["confusion"]) for s, r in results.items()}
-    rows = [[name] + [f"{per_class[s][i]:.1f}" for s in results] for i, name in enumerate(classes)]
+    rows = [
+        [printable(name)] + [f"{per_class[s][i]:.1f}" for s in results]
+        for i, name in enumerate(classes)
+    ]
     print("\nper-class top-1 (%):\n")
     print(markdown_table(["class", *results], rows))
 
@@ -170,11 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     classes = read_classes(data_dir)
     if classes != checkpoint["classes"]:
         raise UserError(f"{args.checkpoint} was trained on other classes than {data_dir} holds")
+    out = args.out or args.checkpoint.parent
+    check_output_folder(out, "--out")
     ready = load_ready_model(args.checkpoint, device, args.amp, checkpoint)
     results = evaluate_splits(args, ready, data_dir)
     report(args, checkpoint, classes, results)
     # Results first, files second: an unwritable folder costs the plots, not the numbers.
-    out = args.out or args.checkpoint.parent
     try:
         for split, result in results.items():
             title = f"{checkpoint['model']['name']}, {split} ({result['top1']:.2f} % top-1)"

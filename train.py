@@ -56,7 +56,6 @@ from training.optim import make_optimizer, make_scheduler
 from training.options import parse_args, resume_mismatches
 from training.plots import write_history
 from training.precision import resolve_amp
-from utils import printable
 
 OUTPUT_FILES = (*CHECKPOINT_FILES, "history.json", "history.csv", "acc.png", "loss.png")
 SCORES = ("loss", "top1", "top5", "flip_top1", "flip_top5")
@@ -394,7 +393,8 @@ class Run:
                 f"({type(error).__name__}: {first_line(error)})"
             ) from None
         step = self.state.partial["loaders"][rank]["step"] if self.state.partial else 0
-        log(f"resuming {path.parent} at epoch {self.state.epoch + 1}, step {step + 1}")
+        where = "its evaluation" if step == len(data.train) else f"step {step + 1}"
+        log(f"resuming {path.parent} at epoch {self.state.epoch + 1}, {where}")
 
     def epoch_progress(
         self, loader: DeviceLoader, rank: int, device: torch.device
@@ -463,7 +463,7 @@ class Run:
             if is_best:
                 atomic_write(out / "best.pt", lambda tmp: shutil.copyfile(out / "last.pt", tmp))
             args = self.args
-            title = f"{args.model} (width {args.width}), {printable(out.name)}"
+            title = f"{args.model} (width {args.width}), {out.name}"
             try:
                 write_history(state.history, out, title)
             except OSError as error:

@@ -11,6 +11,7 @@ from torch import nn
 import ablate
 from models import SWITCHES, build_model, count_parameters, switch_flags, switch_kwargs
 from models.blocks import Bottleneck, Bridge, ChannelReduction, residual_units
+from training.cli import UserError
 from training.options import parse_args as parse_train_args
 
 DEFAULTS = {key: choices[0] for key, choices in SWITCHES.items()}
@@ -182,7 +183,7 @@ def test_ablate_variants_and_refusals(capsys):
     )
     assert list(args.runs) == ["baseline", "body-dilation=off,bridge=plain"]
     run = args.runs["body-dilation=off,bridge=plain"][1]
-    assert (run.body_dilation, run.bridge, run.epochs, run.overwrite) == (False, "plain", 3, True)
+    assert (run.body_dilation, run.bridge, run.epochs, run.overwrite) == (False, "plain", 3, False)
     assert run.out.endswith("body-dilation-off+bridge-plain")
     for argv, message in (
         (["--variants", "bridge=off"], "bridge is one of se, plain, none"),
@@ -190,11 +191,13 @@ def test_ablate_variants_and_refusals(capsys):
         (["--variants", "transfer=no"], "'on' or 'off'"),
         (["--variants", "baseline", "baseline"], "twice"),
         (["--variants", "baseline", "--bridge", "none"], "give switches as --variants"),
-        (["--resume"], "afresh"),
+        (["--resume", "--overwrite"], "not allowed with argument"),
     ):
         with pytest.raises(SystemExit):
             ablate.parse_args(argv)
         assert message in capsys.readouterr().err, argv
+    with pytest.raises(UserError, match=r"unrecognized arguments: --epochz 3 .*ablate.py passes"):
+        ablate.parse_args(["--variants", "baseline", "--epochz", "3"])
 
 
 def test_ablate_smoke_run_tables_plots_and_evaluates(synthetic_cifar10_dir, tmp_path):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from training.files import atomic_write
+from utils import printable
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -45,7 +46,7 @@ def _epoch_axes(title: str, ylabel: str, epochs: list[int]):
 
     fig = _new_figure(7, 4.5)
     ax = fig.subplots()
-    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=printable(title))
     # Whole epochs only, and a 1-epoch run gets an axis around its single point.
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlim(0.5, max(epochs) + 0.5)
@@ -96,8 +97,9 @@ def plot_confusion(confusion: Tensor, classes: list[str], title: str, path: Path
     ax = fig.subplots()
     ax.imshow(confusion.numpy(), cmap="Blues")
     ticks = range(len(classes))
-    ax.set_xticks(ticks, classes, rotation=90)
-    ax.set_yticks(ticks, classes)
+    names = [printable(name) for name in classes]  # a lone surrogate would stop matplotlib
+    ax.set_xticks(ticks, names, rotation=90)
+    ax.set_yticks(ticks, names)
     if len(classes) <= 20:
         threshold = confusion.max().item() / 2
         for i in ticks:
@@ -105,5 +107,5 @@ def plot_confusion(confusion: Tensor, classes: list[str], title: str, path: Path
                 value = confusion[i, j].item()
                 color = "white" if value > threshold else "black"
                 ax.text(j, i, value, ha="center", va="center", color=color, fontsize=7)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set(xlabel="predicted", ylabel="true", title=printable(title))
     _save(fig, path)
