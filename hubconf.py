@@ -11,15 +11,55 @@ checkpoint written by train.py, whose model then replaces the factory's (only
 features_only and out_indices may be given with it).
 """
 
-from models import build_model as _build_model
-from models.features import as_backbone as _as_backbone
+import contextlib
+import os
+import sys
 
 dependencies = ["torch"]
+
+# hubconf.py runs in the caller's process, whose own modules may be called "models",
+# "dataloader", "training" or "utils" too. This repository's are imported with the caller's
+# set aside and the repository first on sys.path, then kept here instead of in sys.modules,
+# so that neither stands in for the other. All that the entry points use is imported inside
+# _repository_imports(): an import after it (dataloader's lazy names too) would find the
+# caller's modules.
+_REPOSITORY = os.path.dirname(os.path.abspath(__file__))
+_TOP_LEVEL_NAMES = ("models", "dataloader", "training", "utils")
+_repository_modules = {}
+
+
+def _take_modules():
+    """Removes the modules named by _TOP_LEVEL_NAMES (submodules too) from sys.modules and
+    returns them."""
+    names = [name for name in sys.modules if name.partition(".")[0] in _TOP_LEVEL_NAMES]
+    return {name: sys.modules.pop(name) for name in names}
+
+
+@contextlib.contextmanager
+def _repository_imports():
+    """Imports inside resolve these names to this repository's modules only."""
+    callers, path = _take_modules(), sys.path[:]
+    sys.modules.update(_repository_modules)
+    sys.path.insert(0, _REPOSITORY)
+    try:
+        yield
+    finally:
+        _repository_modules.update(_take_modules())
+        sys.modules.update(callers)
+        sys.path[:] = path
+
+
+with _repository_imports():
+    from models import build_model as _build_model
+    from models.features import as_backbone as _as_backbone
 
 
 def _load_trained(path):
     """(model name, model with its weights) of a checkpoint written by train.py."""
-    from training.checkpoint import load_checkpoint, model_from_checkpoint
+    # Imported on first use: training.checkpoint needs the data packages (numpy, Pillow),
+    # which a model without a checkpoint does not.
+    with _repository_imports():
+        from training.checkpoint import load_checkpoint, model_from_checkpoint
 
     checkpoint = load_checkpoint(path)
     return checkpoint["model"]["name"], model_from_checkpoint(checkpoint, path)

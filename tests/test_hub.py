@@ -1,5 +1,7 @@
 """hubconf.py: every registered model through torch.hub, as a user outside the repo loads it."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,16 +41,15 @@ def test_features_only_backbone():
     assert [64 // f.shape[-1] for f in features] == backbone.feature_info.reduction()
 
 
-def test_loads_a_trained_checkpoint(tmp_path):
+def save_trained(name, path, **kwargs):
+    """A checkpoint as train.py writes it, of a model with random weights; returns the model."""
     from training.checkpoint import save_checkpoint
 
-    torch.manual_seed(0)
-    kwargs = {"num_classes": 10, "stem": "cifar", "width": 0.25}
-    trained = build_model("resnet50", **kwargs).eval()
-    path = tmp_path / "best.pt"
+    kwargs = {"num_classes": 10, "stem": "cifar", **kwargs}
+    trained = build_model(name, **kwargs).eval()
     save_checkpoint(
         {
-            "model": {"name": "resnet50", "kwargs": kwargs},
+            "model": {"name": name, "kwargs": kwargs},
             "state_dict": trained.state_dict(),
             "classes": [f"class {i}" for i in range(10)],
             "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
@@ -58,6 +59,13 @@ def test_loads_a_trained_checkpoint(tmp_path):
         },
         path,
     )
+    return trained
+
+
+def test_loads_a_trained_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "best.pt"
+    trained = save_trained("resnet50", path, width=0.25)
     model = hub_load("resnet50", checkpoint=str(path)).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -68,3 +76,49 @@ def test_loads_a_trained_checkpoint(tmp_path):
         hub_load("fishnet99", checkpoint=path)
     with pytest.raises(ValueError, match="defines the model; do not also pass width"):
         hub_load("resnet50", checkpoint=path, width=0.5)
+
+
+# A user's script, run from a folder holding the user's own models package and utils module
+# (common names that this repository uses too).
+USER_SCRIPT = """
+import sys
+import torch
+
+def hub_load(**kwargs):
+    return torch.hub.load(sys.argv[1], "fishnet99", source="local", **kwargs).eval()
+
+def check(model):
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+if sys.argv[3] == "user modules first":
+    import models, utils
+check(hub_load(width=0.25))
+check(hub_load(width=0.25))
+check(hub_load(checkpoint=sys.argv[2]))
+import models, utils
+assert (models.MARK, utils.MARK) == ("user", "user"), (models.__file__, utils.__file__)
+names = ("models", "dataloader", "training", "utils")
+assert {m for m in sys.modules if m.partition(".")[0] in names} == {"models", "utils"}
+assert sys.argv[1] not in sys.path
+"""
+
+
+@pytest.mark.parametrize("order", ["user modules first", "hub first"])
+def test_keeps_the_users_own_modules(tmp_path, order):
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "best.pt"
+    save_trained("fishnet99", checkpoint, width=0.25)
+    user = tmp_path / "user"
+    (user / "models").mkdir(parents=True)
+    (user / "models" / "__init__.py").write_text('MARK = "user"\n')
+    (user / "utils.py").write_text('MARK = "user"\n')
+    (user / "script.py").write_text(USER_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, "script.py", str(REPO), str(checkpoint), order],
+        cwd=user,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
