@@ -1,5 +1,6 @@
 """The bottom layer every package may import: one-line messages, text that is safe to print
-on a terminal, and files read with bounds on what they may cost.
+on a terminal, files read with bounds on what they may cost, child processes that end with
+their parent.
 
 Standard library only at import time (data/download_data.py starts without torch); torch is
 imported in the one function that needs it.
@@ -8,7 +9,9 @@ imported in the one function that needs it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
 import stat
 import sys
 import warnings
@@ -81,6 +84,16 @@ def make_output_printable() -> None:
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, PrintableStream):
             setattr(sys, name, PrintableStream(stream))
+
+
+def end_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
+    """Has the kernel send this process ``signum`` when its parent dies (Linux's
+    PR_SET_PDEATHSIG; elsewhere nothing), so that a parent killed outright leaves no child
+    working on, orphaned. Called first thing in the child, with the parent's process id."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signum)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os.kill(os.getpid(), signum)
 
 
 class UnsafeFile(ValueError):

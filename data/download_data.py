@@ -68,7 +68,13 @@ from dataloader.manifests import (
     manifest_path,
     read_manifest,
 )
-from utils import make_output_printable, one_line, printable, read_regular_file
+from utils import (
+    end_with_parent,
+    make_output_printable,
+    one_line,
+    printable,
+    read_regular_file,
+)
 
 EXIT_BAD_SOURCE = 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -205,11 +211,13 @@ def raise_terminated(signum: int, frame) -> None:
     raise Terminated
 
 
-def worker_signals() -> None:
+def worker_signals(parent: int) -> None:
     # Ctrl-C reaches the whole process group; only the main process reports it and cleans
-    # up. SIGTERM ends a worker at once, quietly: the main process sends it when it stops.
+    # up. SIGTERM ends a worker at once, quietly: the main process sends it when it stops,
+    # and the kernel when the main process is killed outright.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    end_with_parent(parent)
 
 
 def sha256_file(path: Path) -> str:
@@ -539,7 +547,9 @@ def write_dataset(
             tasks.append((source, name, str(dataset_dir / relative), resize))
     processes = min(os.cpu_count() or 1, max(1, len(tasks) // 2000))
     chunksize = max(1, len(tasks) // (processes * 8))
-    with multiprocessing.Pool(processes, initializer=worker_signals) as pool:
+    with multiprocessing.Pool(
+        processes, initializer=worker_signals, initargs=(os.getpid(),)
+    ) as pool:
         written = pool.imap(encode_png, tasks, chunksize=chunksize)
         for error in tqdm(
             written, total=len(tasks), desc="writing PNGs", unit="image", disable=None

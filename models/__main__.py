@@ -7,7 +7,7 @@ from . import MODELS, build_model, count_macs, count_parameters
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m models",
+        prog=f"python -m {__package__}",
         description="Print a Markdown table of the parameters and multiply-accumulates of "
         "every registered model, with the CIFAR stem (10 classes, 32x32) and, for FishNet, "
         "the ImageNet stem (1000 classes, 224x224).",

@@ -32,7 +32,7 @@ from dataloader import normalize
 from models import MODELS, build_model
 from training.cli import UserError, first_line
 from training.files import atomic_write
-from training.precision import autocast, resolve_amp
+from training.precision import AMP_CHOICES, autocast, resolve_amp
 from utils import UnsafeFile, load_torch_file
 
 CHECKPOINT_FORMAT = "fishnet-cifar-checkpoint"
@@ -123,9 +123,16 @@ def _is_tensor_dict(value: object) -> bool:
     )
 
 
+def _is_str_dict(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
+
+
 def check_model_parts(checkpoint: dict, path: Path) -> None:
     """What every reader needs: the model's name and arguments, its weights, the classes,
-    the normalisation, the training flags and the epoch."""
+    the normalisation, the training flags the readers use, the dataset's record and the
+    epoch."""
     spec = checkpoint.get("model")
     _require(
         isinstance(spec, dict)
@@ -155,7 +162,22 @@ def check_model_parts(checkpoint: dict, path: Path) -> None:
             f"normalization '{key}' must be 3 finite numbers",
         )
     _require(all(v > 0 for v in stats["std"]), path, "normalization 'std' must be positive")
-    _require(isinstance(checkpoint.get("args"), dict), path, "no training flags ('args')")
+    trained = checkpoint.get("args")
+    _require(isinstance(trained, dict), path, "no training flags ('args')")
+    _require(
+        isinstance(trained.get("amp"), bool) or trained.get("amp") in (None, *AMP_CHOICES),
+        path,
+        f"'args' amp must be one of {', '.join(AMP_CHOICES)}",
+    )
+    dataset = checkpoint.get("dataset", {})  # converted checkpoints have none
+    _require(
+        isinstance(dataset, dict)
+        and isinstance(dataset.get("path", ""), str)
+        and isinstance(dataset.get("train_sha256", ""), str)
+        and _is_str_dict(dataset.get("sha256", {})),
+        path,
+        "'dataset' must hold its path and manifest hashes as text",
+    )
     epoch = checkpoint.get("epoch")
     _require(isinstance(epoch, int) and epoch >= 0, path, "'epoch' must be a whole number")
     _require(isinstance(checkpoint.get("history"), list), path, "'history' must be a list")

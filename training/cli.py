@@ -2,7 +2,7 @@
 output paths checked before the work, child processes that end with their parent."""
 
 import argparse
-import ctypes
+import functools
 import math
 import os
 import shlex
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dataloader import DataError
 from dataloader.images import ImageError
-from utils import make_output_printable, printable
+from utils import end_with_parent, make_output_printable, printable
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -158,19 +158,6 @@ def check_output_folder(folder: Path, flag: str, shown: Path | None = None) -> N
             return
 
 
-def _end_with(parent: int) -> Callable[[], None]:
-    """Run in the child before it starts: the kernel sends it SIGTERM when its parent dies
-    (Linux's PR_SET_PDEATHSIG), so a killed parent leaves no orphan training on."""
-
-    def end_with_parent() -> None:
-        if sys.platform.startswith("linux"):
-            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before the line above
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return end_with_parent
-
-
 def run_child(command: Sequence[str]) -> int:
     """Runs ``command`` to its end and returns its exit status; the child ends with this
     process.
@@ -182,7 +169,9 @@ def run_child(command: Sequence[str]) -> int:
     """
     received: list[int] = []
     child = subprocess.Popen(
-        list(command), start_new_session=True, preexec_fn=_end_with(os.getpid())
+        list(command),
+        start_new_session=True,
+        preexec_fn=functools.partial(end_with_parent, os.getpid()),
     )
 
     def pass_on(signum: int, frame) -> None:
