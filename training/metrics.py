@@ -18,11 +18,17 @@ class EvaluationStopped(Exception):
     what was trained before is not."""
 
 
-def _stop_now(should_stop: Callable[[], bool], device: torch.device) -> bool:
-    """Whether to stop before the next batch. Under torchrun the processes decide together,
-    at every batch (each has as many), so that none waits for the others forever."""
+# Under torchrun the processes decide together whether to stop, every so many batches (each
+# process has as many): a decision waits for the device, which a single process never does.
+AGREE_TO_STOP_EVERY = 10
+
+
+def _stop_now(should_stop: Callable[[], bool], batch: int, device: torch.device) -> bool:
+    """Whether to stop before batch number ``batch``."""
     if not dist.is_initialized():
         return should_stop()
+    if batch % AGREE_TO_STOP_EVERY:
+        return False
     flag = torch.tensor([int(should_stop())], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
@@ -66,8 +72,8 @@ def evaluate(
         dynamic_ncols=True,
         disable=desc is None or not is_main_process(),
     )
-    for images, labels in batches:
-        if should_stop is not None and _stop_now(should_stop, device):
+    for batch, (images, labels) in enumerate(batches):
+        if should_stop is not None and _stop_now(should_stop, batch, device):
             batches.close()
             raise EvaluationStopped
         with autocast(device, amp):
