@@ -6,6 +6,7 @@ names, their stage lists, their forward), independently of the converter's renam
 so a wrong rule shows as a shape refusal or as different logits.
 """
 
+import json
 import math
 import os
 import shutil
@@ -14,17 +15,19 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO_ROOT, one_line_error
+from conftest import REPO_ROOT, one_line_error, run_script
+from PIL import Image
 from torch import nn
 
 from models import build_model
 from models.convert import ConversionError, convert_state_dict, unwrap
 from models.fishnet import CONFIGS
 from tools.convert import class_names, main
-from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.checkpoint import load_checkpoint, load_ready_model, model_from_checkpoint
 from training.cli import run_cli
 
 
@@ -226,6 +229,51 @@ def test_class_names_are_imagenets_for_1000_classes():
     assert names[:3] == ["tench", "goldfish", "great white shark"]
     assert names[-1] == "toilet tissue"
     assert class_names(3) == ["class 0", "class 1", "class 2"]
+
+
+def test_predict_prepares_a_photo_as_the_authors_evaluation_did(converted, tmp_path):
+    _, _, ours = converted
+    assert load_ready_model(ours, torch.device("cpu")).input_size == 224
+    photo = tmp_path / "photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(photo)
+    result = run_script("predict.py", ours, photo, "--json", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    (prediction,) = json.loads(result.stdout)
+
+    # Their evaluation: torchvision's Resize(256), bilinear, then CenterCrop(224), on the
+    # 300x200 photo: 384x256, then the 224x224 from (80, 16).
+    with Image.open(photo) as image:
+        crop = image.convert("RGB").resize((384, 256), Image.Resampling.BILINEAR)
+    pixels = np.asarray(crop.crop((80, 16, 304, 240)), dtype=np.float32) / 255
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    x = torch.from_numpy(((pixels - mean) / std).astype(np.float32)).permute(2, 0, 1)[None]
+    checkpoint = load_checkpoint(ours)
+    model = model_from_checkpoint(checkpoint, ours).eval()
+    with torch.no_grad():
+        expected = model(x).softmax(1)[0]
+    values, labels = expected.topk(5)
+    assert [t["label"] for t in prediction["top"]] == labels.tolist()
+    assert [t["class"] for t in prediction["top"]] == [class_names(1000)[i] for i in labels]
+    for t, value in zip(prediction["top"], values.tolist(), strict=True):
+        assert t["probability"] == pytest.approx(value, rel=1e-5)
+
+
+def test_visualize_draws_an_imagenet_model_at_its_input_size(converted, tmp_path, capsys):
+    from tools.visualize import main as visualize
+
+    _, _, ours = converted
+    # A "$" pair would start matplotlib's mathtext in the figure's title.
+    photo = tmp_path / "photo $\\frac$.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(photo)
+    out = tmp_path / "fish.png"
+    visualize([str(ours), str(photo), "--out", str(out), "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert "input 224x224, stem 56x56, tail1 28x28" in printed and "head3 7x7" in printed
+    with Image.open(out) as png:
+        # The input panel is as wide as at 32x32, so the figure is not 7 times wider.
+        assert png.format == "PNG" and 600 < png.width < 2000
 
 
 def test_output_is_checked_before_the_input_is_read(tmp_path, capsys):

@@ -153,6 +153,7 @@ def test_read_image_any_size_and_mode(tmp_path):
     for name in ("big.jpg", "gray.png", "rgba.png", "sixteen-bit.png", "palette.gif"):
         image = read_image(tmp_path / "odd" / name)
         assert image.dtype == torch.uint8 and image.shape == (3, 32, 32), name
+    assert read_image(tmp_path / "odd" / "big.jpg", 224).shape == (3, 224, 224)
     # A 16-bit image is scaled to 8 bits, not clipped to white.
     assert read_image(tmp_path / "odd" / "sixteen-bit.png").float().std() > 20
     gray = read_image(tmp_path / "odd" / "gray.png")
@@ -203,6 +204,7 @@ def test_predict_errors_are_one_line(synthetic_checkpoint, tmp_path):
 
 def test_classifier_matches_the_training_numerics(synthetic_checkpoint, synthetic_cifar10_dir):
     classifier = load_ready_model(synthetic_checkpoint, torch.device("cpu"))
+    assert classifier.input_size == 32
     images, _ = load_split(synthetic_cifar10_dir, "valid")
     batch = classifier.inputs(images[:4])
     assert batch.is_contiguous(memory_format=torch.channels_last)
