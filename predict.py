@@ -9,7 +9,8 @@ download_data.py --resize does; 224x224 for an ImageNet checkpoint of tools.conv
 side to 256, then the centre, as its authors evaluated it) and normalised with the statistics
 the run trained with. Folders are searched recursively for image files and processed in
 batches. A file that cannot be read is reported and skipped; the exit status is then 1. A bad
-command or checkpoint stops at once with one line and exit status 2.
+command or checkpoint stops at once with one line and exit status 2. File and class names are
+printed as plain text on one line (:func:`utils.printable`), whatever characters they hold.
 """
 
 import argparse
@@ -25,6 +26,7 @@ from dataloader.images import ImageError, read_image_file
 from training.checkpoint import load_ready_model
 from training.cli import HelpFormatter, UserError, positive_int, program_name, run_cli
 from training.distributed import resolve_device
+from utils import printable
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             if isinstance(image, str):
                 failures += 1
                 predictions.append({"image": str(path), "error": image})
-                tqdm.write(f"{program}: skipped {image}", file=sys.stderr)
+                tqdm.write(f"{program}: skipped {printable(image)}", file=sys.stderr)
                 continue
             top = [
                 {"class": classifier.classes[label], "label": label, "probability": probability}
@@ -116,8 +118,10 @@ def main(argv: list[str] | None = None) -> None:
             ]
             predictions.append({"image": str(path), "top": top})
             if not args.json:
-                listed = ", ".join(f"{t['class']} {100 * t['probability']:.1f} %" for t in top)
-                tqdm.write(f"{path}: {listed}")
+                listed = ", ".join(
+                    f"{printable(t['class'])} {100 * t['probability']:.1f} %" for t in top
+                )
+                tqdm.write(f"{printable(path)}: {listed}")
         progress.update(len(chunk))
     progress.close()
     if args.json:

@@ -22,7 +22,12 @@ from PIL import Image
 
 from dataloader import DeviceLoader, load_split, read_manifest
 from dataloader.images import read_image_file as read_image
-from training.checkpoint import load_checkpoint, load_ready_model, model_from_checkpoint
+from training.checkpoint import (
+    load_checkpoint,
+    load_ready_model,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 
 
 def train(data: Path, out: Path, *args: str) -> Path:
@@ -200,6 +205,27 @@ def test_predict_errors_are_one_line(synthetic_checkpoint, tmp_path):
         one_line_error(result, message)
     result = run_script("predict.py", synthetic_checkpoint)
     one_line_error(result, "the following arguments are required")
+
+
+def test_predict_prints_names_as_one_line_of_plain_text(synthetic_checkpoint, tmp_path):
+    # Names that would clear the screen, retitle the terminal and forge a line of output.
+    forged = "\x1b[2J\x1b]0;owned\x07 x\nforged.png: cat 100.0 %"
+    checkpoint = load_checkpoint(synthetic_checkpoint)
+    checkpoint["classes"] = [f"{name}\x1b[8m\n{name}" for name in checkpoint["classes"]]
+    for key in ("format", "version"):  # save_checkpoint writes them
+        del checkpoint[key]
+    save_checkpoint(checkpoint, tmp_path / "named.pt")
+    image = tmp_path / f"{forged}.png"
+    Image.new("RGB", (32, 32), "white").save(image)
+    result = run_script("predict.py", tmp_path / "named.pt", image, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout + result.stderr
+    (line,) = result.stdout.splitlines()
+    shown = f"{tmp_path}/\\x1b[2J\\x1b]0;owned\\x07 x\\x0aforged.png: cat 100.0 %.png"
+    assert line.startswith(shown + ": ")
+    listed = line.removeprefix(shown + ": ").split(" %, ")
+    assert len(listed) == 5
+    assert all("\\x1b[8m\\x0a" in entry for entry in listed)
 
 
 def test_classifier_matches_the_training_numerics(synthetic_checkpoint, synthetic_cifar10_dir):
