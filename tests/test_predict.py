@@ -1,6 +1,7 @@
 """predict.py and python -m tools.visualize: a trained checkpoint on images of any kind."""
 
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -28,6 +29,7 @@ from training.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from training.cli import UserError
 
 
 def train(data: Path, out: Path, *args: str) -> Path:
@@ -251,6 +253,7 @@ def test_visualize_draws_one_panel_per_stage_at_its_resolution(synthetic_checkpo
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(image)
     out = tmp_path / "fish.png"
+    Image.new("RGB", (8, 8)).save(out)  # an earlier figure, which a new one replaces
     result = subprocess.run(
         [sys.executable, "-m", "tools.visualize", synthetic_checkpoint, image, "--out", out],
         capture_output=True,
@@ -285,3 +288,28 @@ def test_visualize_errors_are_one_line(synthetic_checkpoint, tmp_path):
         command, capture_output=True, text=True, cwd=REPO_ROOT, check=False, timeout=300
     )
     one_line_error(result, "no.png: no such file")
+
+
+def test_visualize_replaces_nothing_but_a_png_and_checks_before_loading(tmp_path):
+    from tools.visualize import main as visualize
+
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32)).save(image)
+    trained = b"PK\x03\x04 a trained checkpoint"
+    for name in ("keep.pt", "checkpoint.png"):
+        (tmp_path / name).write_bytes(trained)
+    (tmp_path / "folder.png").mkdir()
+    # The checkpoint given does not exist: each --out is refused before it is looked for.
+    missing = tmp_path / "missing.pt"
+    for out, message in (
+        (tmp_path / "keep.pt", "keep.pt: must end in .png"),
+        (tmp_path / "checkpoint.png", "checkpoint.png: exists and is not a PNG image"),
+        (tmp_path / "folder.png", "a folder, not a file"),
+        (tmp_path / "keep.pt" / "fish.png", "keep.pt is a file, not a folder"),
+    ):
+        with pytest.raises(UserError, match=re.escape(message)):
+            visualize([str(missing), str(image), "--out", str(out)])
+    for name in ("keep.pt", "checkpoint.png"):
+        assert (tmp_path / name).read_bytes() == trained
+    with pytest.raises(UserError, match=r"missing\.pt: no such checkpoint"):
+        visualize([str(missing), str(image), "--out", str(tmp_path / "fish.png")])

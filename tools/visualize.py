@@ -8,6 +8,9 @@ fish: the resolution falls in the tail, rises in the body and falls again in the
 A panel shows the mean over the map's channels, scaled to its own range. The image is
 prepared for the checkpoint's input size (its stem's), and the input panel is as wide at any
 size.
+
+``--out`` must name a PNG file; an existing file is replaced only if it is a PNG image. It is
+checked before the model is loaded.
 """
 
 import argparse
@@ -24,9 +27,10 @@ from matplotlib.lines import Line2D
 
 from dataloader.images import read_image_file
 from training.checkpoint import load_ready_model
-from training.cli import HelpFormatter, UserError, first_line, run_cli
+from training.cli import HelpFormatter, UserError, check_output_file, first_line, run_cli
 from training.distributed import resolve_device
 from training.files import atomic_write
+from utils import printable
 
 PART_COLORS = {"tail": "tab:blue", "bridge": "tab:purple", "body": "tab:green", "head": "tab:red"}
 # The input panel's width; every other panel in proportion to its resolution, so a 224x224
@@ -36,6 +40,7 @@ GAP_INCHES = 0.45  # between panels
 # Below the panels, the parts' bars and names; above them, the panel names and the title.
 BOTTOM_INCHES, TOP_INCHES = 0.6, 1.2
 BAR_INCHES = 0.375  # the parts' bars, from the bottom
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def part(name: str) -> str:
@@ -89,6 +94,27 @@ def draw_fish(image: Tensor, features: dict[str, Tensor], title: str) -> Figure:
     return fig
 
 
+def check_out(out: Path) -> None:
+    """Refuses an --out that is not a PNG file name or cannot be written, and one that holds
+    anything but a PNG image: a figure replaces only an earlier figure."""
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: must end in .png")
+    check_output_file(out, "--out")
+    if (out.exists() or out.is_symlink()) and not is_png_file(out):
+        raise UserError(f"--out {out}: exists and is not a PNG image; not replaced")
+
+
+def is_png_file(path: Path) -> bool:
+    """Whether path is a regular file that starts as a PNG image does."""
+    if not path.is_file():  # a FIFO would block the read
+        return False
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+    except OSError:
+        return False
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tools.visualize",
@@ -111,6 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out = args.out or args.checkpoint.parent / f"fish_{args.image.stem}.png"
+    check_out(out)
     classifier = load_ready_model(args.checkpoint, resolve_device(args.device))
     image = read_image_file(args.image, classifier.input_size)
     features = classifier.features(image[None])
@@ -130,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--out {out}: cannot write the figure ({first_line(error)})") from None
     plt.close(fig)
     sizes = ", ".join(f"{n} {f.shape[-2]}x{f.shape[-1]}" for n, f in features.items())
-    print(f"{out}: input {image.shape[-2]}x{image.shape[-1]}, {sizes}")
+    print(f"{printable(out)}: input {image.shape[-2]}x{image.shape[-1]}, {sizes}")
 
 
 if __name__ == "__main__":
