@@ -3,11 +3,14 @@
     python predict.py runs/fishnet99/best.pt cat.jpg photos/
     python predict.py runs/fishnet99/best.pt photos/ --json
 
-Any image PIL reads (PNG, JPEG, ...; any size and mode) is converted to RGB, brought to 32x32
-(shorter side to 32, then the centre, as download_data.py --resize does) and normalised with
-the statistics the run trained with. Folders are searched recursively for image files and
-processed in batches. A file that cannot be read is reported and skipped; the exit status is
-then 1. A bad command or checkpoint stops at once with one line and exit status 2.
+Any image PIL reads (PNG, JPEG, ...; any size and mode) is converted to RGB, brought to the
+checkpoint's input size (32x32 for CIFAR: shorter side to 32, then the centre, as
+download_data.py --resize does; 224x224 for an ImageNet checkpoint of tools.convert: shorter
+side to 256, then the centre, as its authors evaluated it) and normalised with the statistics
+the run trained with. Folders are searched recursively for image files and processed in
+batches. A file that cannot be read is reported and skipped; the exit status is then 1. A bad
+command or checkpoint stops at once with one line and exit status 2. File and class names are
+printed as plain text on one line (:func:`utils.printable`), whatever characters they hold.
 """
 
 import argparse
@@ -23,6 +26,7 @@ from dataloader.images import ImageError, read_image_file
 from training.checkpoint import load_ready_model
 from training.cli import HelpFormatter, UserError, positive_int, program_name, run_cli
 from training.distributed import resolve_device
+from utils import printable
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -63,12 +67,12 @@ def expand(inputs: list[Path]) -> list[Path]:
     return paths
 
 
-def read(path: Path) -> Tensor | str:
-    """The image, or why it cannot be had."""
+def read(path: Path, size: int) -> Tensor | str:
+    """The image as the model's size x size input, or why it cannot be had."""
     if path.is_dir():
         return f"{path}: a folder without image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
     try:
-        return read_image_file(path)
+        return read_image_file(path, size)
     except ImageError as error:
         return str(error)
 
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     predictions, failures = [], 0
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start : start + args.batch_size]
-        images = [read(path) for path in chunk]
+        images = [read(path, classifier.input_size) for path in chunk]
         readable = [image for image in images if isinstance(image, Tensor)]
         if readable:
             try:
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             if isinstance(image, str):
                 failures += 1
                 predictions.append({"image": str(path), "error": image})
-                tqdm.write(f"{program}: skipped {image}", file=sys.stderr)
+                tqdm.write(f"{program}: skipped {printable(image)}", file=sys.stderr)
                 continue
             top = [
                 {"class": classifier.classes[label], "label": label, "probability": probability}
@@ -114,8 +118,10 @@ def main(argv: list[str] | None = None) -> None:
             ]
             predictions.append({"image": str(path), "top": top})
             if not args.json:
-                listed = ", ".join(f"{t['class']} {100 * t['probability']:.1f} %" for t in top)
-                tqdm.write(f"{path}: {listed}")
+                listed = ", ".join(
+                    f"{printable(t['class'])} {100 * t['probability']:.1f} %" for t in top
+                )
+                tqdm.write(f"{printable(path)}: {listed}")
         progress.update(len(chunk))
     progress.close()
     if args.json:

@@ -1,4 +1,5 @@
-"""From a decoded image of any mode and size to the 32x32 RGB pixels the CIFAR models take.
+"""From a decoded image of any mode and size to the square RGB pixels a model takes: 32x32
+for the CIFAR models, 224x224 for the ImageNet ones.
 
 data/download_data.py (preparing a dataset), predict.py (classifying one's own images) and the
 manifest readers share these rules, so an image gives the same pixels whichever way it comes in.
@@ -17,8 +18,11 @@ from utils import one_line
 if TYPE_CHECKING:
     import torch
 
-IMAGE_SIZE = 32
+IMAGE_SIZE = 32  # CIFAR's
 UINT16_MAX = 65535
+# The ImageNet models were evaluated on the centre 224x224 of each image scaled to a shorter
+# side of 256 (torchvision's Resize(256) and CenterCrop(224) in the authors' main.py).
+IMAGENET_CROP_FRACTION = 224 / 256
 
 
 class ImageError(ValueError):
@@ -72,29 +76,63 @@ def cifar_pixels(image: Image.Image, resize: bool) -> np.ndarray:
     true; then its shorter side is brought to 32 (bicubic) and the centre cut out.
     """
     if resize:
-        # A large JPEG decodes at a fraction of its size, still no smaller than 32x32.
-        image.draft(None, (IMAGE_SIZE, IMAGE_SIZE))
+        return square_pixels(image, IMAGE_SIZE)
     rgb = to_rgb(image)
     if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
-        if not resize:
-            raise ImageSizeError(f"{rgb.width}x{rgb.height}, not {IMAGE_SIZE}x{IMAGE_SIZE}")
-        rgb = ImageOps.fit(rgb, (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+        raise ImageSizeError(f"{rgb.width}x{rgb.height}, not {IMAGE_SIZE}x{IMAGE_SIZE}")
     return np.array(rgb)
 
 
-def read_image_file(path: Path) -> torch.Tensor:
-    """An image file of any format PIL reads, any size and mode, as uint8 RGB [3, 32, 32].
+def square_pixels(image: Image.Image, size: int) -> np.ndarray:
+    """An opened image as uint8 RGB [size, size, 3] (see to_rgb for the modes), prepared as
+    the models taking size x size inputs saw their images.
 
-    A 32x32 image keeps its pixels, so a prepared dataset's PNGs give exactly what training
-    and evaluation saw; others are resized as download_data.py --resize does
-    (:func:`cifar_pixels`). Every failure is an ImageError naming the file.
+    At CIFAR's 32, a 32x32 image keeps its pixels; another has its shorter side brought to
+    32 (bicubic) and the centre cut out, as download_data.py --resize does. At a larger size
+    (ImageNet's 224), every image is prepared as the authors evaluated their ImageNet models:
+    the shorter side brought to size / IMAGENET_CROP_FRACTION (256; bilinear), then the
+    centre size x size cut out.
+    """
+    if size != IMAGE_SIZE:
+        return np.array(resize_and_centre_crop(to_rgb(image), size))
+    # A large JPEG decodes at a fraction of its size, still no smaller than 32x32.
+    image.draft(None, (size, size))
+    rgb = to_rgb(image)
+    if rgb.size != (size, size):
+        rgb = ImageOps.fit(rgb, (size, size), Image.Resampling.BICUBIC)
+    return np.array(rgb)
+
+
+def resize_and_centre_crop(rgb: Image.Image, size: int) -> Image.Image:
+    """torchvision's ``Resize(round(size / IMAGENET_CROP_FRACTION))`` then
+    ``CenterCrop(size)`` on a PIL image, with their rounding: the longer side is truncated,
+    the crop's offsets rounded."""
+    shorter = round(size / IMAGENET_CROP_FRACTION)
+    width, height = rgb.size
+    if width <= height:
+        scaled = (shorter, int(shorter * height / width))
+    else:
+        scaled = (int(shorter * width / height), shorter)
+    if scaled != rgb.size:
+        rgb = rgb.resize(scaled, Image.Resampling.BILINEAR)
+    left, top = round((scaled[0] - size) / 2), round((scaled[1] - size) / 2)
+    return rgb.crop((left, top, left + size, top + size))
+
+
+def read_image_file(path: Path, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """An image file of any format PIL reads, any size and mode, as uint8 RGB
+    [3, size, size], prepared for a model of that input size (:func:`square_pixels`).
+
+    At CIFAR's 32, a 32x32 image keeps its pixels, so a prepared dataset's PNGs give exactly
+    what training and evaluation saw; others are resized as download_data.py --resize does.
+    Every failure is an ImageError naming the file.
     """
     if Path(path).exists() and not Path(path).is_file():
         # A FIFO or device would block the read; a folder is no image either.
         raise ImageError(f"{path}: not a regular file")
     try:
         with Image.open(path) as opened:
-            pixels = cifar_pixels(opened, resize=True)
+            pixels = square_pixels(opened, size)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except ImageError as error:

@@ -4,7 +4,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from .blocks import INITS
+from .blocks import INITS, STEM_INPUT_SIZES
 from .complexity import count_macs, count_parameters
 from .features import FeatureInfo, FeatureListNet
 from .fishnet import CONFIGS, SWITCHES, FishNet, check_width, fishnet99, fishnet150, fishnet201
@@ -61,6 +61,7 @@ def switch_kwargs(name: str, options: Mapping[str, object]) -> dict:
 __all__ = [
     "INITS",
     "MODELS",
+    "STEM_INPUT_SIZES",
     "SWITCHES",
     "FeatureInfo",
     "FeatureListNet",

@@ -39,13 +39,18 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Seq
     )
 
 
+STEM_INPUT_SIZES = {"cifar": 32, "imagenet": 224}
+"""The side of the square images each stem (:func:`make_stem`) is made for: CIFAR's 32x32,
+and the 224x224 crops on which the ImageNet models were trained and evaluated."""
+
+
 def make_stem(kind: str, out_channels: int) -> nn.Sequential:
     """Three 3x3 convolutions; the ImageNet stem also reduces the resolution 4x.
 
     The CIFAR stem keeps 32x32 so that the tail still has room to halve it three times.
     """
-    if kind not in ("imagenet", "cifar"):
-        raise ValueError(f"stem must be 'imagenet' or 'cifar', got {kind!r}")
+    if kind not in STEM_INPUT_SIZES:
+        raise ValueError(f"stem must be {' or '.join(map(repr, STEM_INPUT_SIZES))}, got {kind!r}")
     imagenet = kind == "imagenet"
     mid_channels = out_channels // 2
     layers = [

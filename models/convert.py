@@ -73,10 +73,21 @@ def our_name(key: str, prefixes: dict[str, str]) -> str:
     return ours + rest
 
 
-def unwrap(checkpoint: dict) -> dict[str, torch.Tensor]:
+def unwrap(checkpoint: object) -> dict[str, torch.Tensor]:
     """The bare state dict of a checkpoint: their main.py saves {"state_dict": ..} of a
-    DataParallel model, whose names start with ``module.``."""
-    state = checkpoint.get("state_dict", checkpoint)
+    DataParallel model, whose names start with ``module.``; a ConversionError for anything
+    but a dict of names to tensors, bare or under ``state_dict``."""
+    state = checkpoint
+    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+        state = checkpoint["state_dict"]
+    if not (
+        isinstance(state, dict)
+        and state
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    ):
+        raise ConversionError(
+            "not a FishNet checkpoint: no dict of names to tensors, bare or as 'state_dict'"
+        )
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
@@ -90,7 +101,7 @@ def convert_state_dict(
     if name not in CONFIGS:
         raise ConversionError(f"unknown FishNet {name!r}; choose one of: {', '.join(CONFIGS)}")
     fc_bias = state.get(f"fish.fish.{len(CONFIGS[name].units) - 1}.4.1.bias")
-    if fc_bias is None:
+    if fc_bias is None or fc_bias.dim() != 1 or len(fc_bias) == 0:
         raise ConversionError(f"no classifier of a {name} in the checkpoint")
     with torch.device("meta"):  # names and shapes only
         model = build_model(name, num_classes=len(fc_bias), stem="imagenet", width=width)
@@ -106,6 +117,10 @@ def convert_state_dict(
                 f"{key} has shape {tuple(tensor.shape)}, but {name}'s {target} has "
                 f"{tuple(ours[target].shape)}"
             )
+        if tensor.untyped_storage().nbytes() < tensor.numel() * tensor.element_size():
+            # A view that repeats a few values (stride 0) can claim any shape for no bytes
+            # in the file; saved as weights, the model it describes could not be built.
+            raise ConversionError(f"{key} has fewer values than its shape {tuple(tensor.shape)}")
         converted[target] = tensor
     for target in ours.keys() - converted.keys():
         # PyTorch before 0.4.1 (the authors' release) saved no num_batches_tracked.

@@ -1,6 +1,7 @@
 """predict.py and python -m tools.visualize: a trained checkpoint on images of any kind."""
 
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -22,7 +23,13 @@ from PIL import Image
 
 from dataloader import DeviceLoader, load_split, read_manifest
 from dataloader.images import read_image_file as read_image
-from training.checkpoint import load_checkpoint, load_ready_model, model_from_checkpoint
+from training.checkpoint import (
+    load_checkpoint,
+    load_ready_model,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from training.cli import UserError
 
 
 def train(data: Path, out: Path, *args: str) -> Path:
@@ -153,6 +160,7 @@ def test_read_image_any_size_and_mode(tmp_path):
     for name in ("big.jpg", "gray.png", "rgba.png", "sixteen-bit.png", "palette.gif"):
         image = read_image(tmp_path / "odd" / name)
         assert image.dtype == torch.uint8 and image.shape == (3, 32, 32), name
+    assert read_image(tmp_path / "odd" / "big.jpg", 224).shape == (3, 224, 224)
     # A 16-bit image is scaled to 8 bits, not clipped to white.
     assert read_image(tmp_path / "odd" / "sixteen-bit.png").float().std() > 20
     gray = read_image(tmp_path / "odd" / "gray.png")
@@ -201,8 +209,30 @@ def test_predict_errors_are_one_line(synthetic_checkpoint, tmp_path):
     one_line_error(result, "the following arguments are required")
 
 
+def test_predict_prints_names_as_one_line_of_plain_text(synthetic_checkpoint, tmp_path):
+    # Names that would clear the screen, retitle the terminal and forge a line of output.
+    forged = "\x1b[2J\x1b]0;owned\x07 x\nforged.png: cat 100.0 %"
+    checkpoint = load_checkpoint(synthetic_checkpoint)
+    checkpoint["classes"] = [f"{name}\x1b[8m\n{name}" for name in checkpoint["classes"]]
+    for key in ("format", "version"):  # save_checkpoint writes them
+        del checkpoint[key]
+    save_checkpoint(checkpoint, tmp_path / "named.pt")
+    image = tmp_path / f"{forged}.png"
+    Image.new("RGB", (32, 32), "white").save(image)
+    result = run_script("predict.py", tmp_path / "named.pt", image, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout + result.stderr
+    (line,) = result.stdout.splitlines()
+    shown = f"{tmp_path}/\\x1b[2J\\x1b]0;owned\\x07 x\\x0aforged.png: cat 100.0 %.png"
+    assert line.startswith(shown + ": ")
+    listed = line.removeprefix(shown + ": ").split(" %, ")
+    assert len(listed) == 5
+    assert all("\\x1b[8m\\x0a" in entry for entry in listed)
+
+
 def test_classifier_matches_the_training_numerics(synthetic_checkpoint, synthetic_cifar10_dir):
     classifier = load_ready_model(synthetic_checkpoint, torch.device("cpu"))
+    assert classifier.input_size == 32
     images, _ = load_split(synthetic_cifar10_dir, "valid")
     batch = classifier.inputs(images[:4])
     assert batch.is_contiguous(memory_format=torch.channels_last)
@@ -223,6 +253,7 @@ def test_visualize_draws_one_panel_per_stage_at_its_resolution(synthetic_checkpo
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(image)
     out = tmp_path / "fish.png"
+    Image.new("RGB", (8, 8)).save(out)  # an earlier figure, which a new one replaces
     result = subprocess.run(
         [sys.executable, "-m", "tools.visualize", synthetic_checkpoint, image, "--out", out],
         capture_output=True,
@@ -257,3 +288,28 @@ def test_visualize_errors_are_one_line(synthetic_checkpoint, tmp_path):
         command, capture_output=True, text=True, cwd=REPO_ROOT, check=False, timeout=300
     )
     one_line_error(result, "no.png: no such file")
+
+
+def test_visualize_replaces_nothing_but_a_png_and_checks_before_loading(tmp_path):
+    from tools.visualize import main as visualize
+
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32)).save(image)
+    trained = b"PK\x03\x04 a trained checkpoint"
+    for name in ("keep.pt", "checkpoint.png"):
+        (tmp_path / name).write_bytes(trained)
+    (tmp_path / "folder.png").mkdir()
+    # The checkpoint given does not exist: each --out is refused before it is looked for.
+    missing = tmp_path / "missing.pt"
+    for out, message in (
+        (tmp_path / "keep.pt", "keep.pt: must end in .png"),
+        (tmp_path / "checkpoint.png", "checkpoint.png: exists and is not a PNG image"),
+        (tmp_path / "folder.png", "a folder, not a file"),
+        (tmp_path / "keep.pt" / "fish.png", "keep.pt is a file, not a folder"),
+    ):
+        with pytest.raises(UserError, match=re.escape(message)):
+            visualize([str(missing), str(image), "--out", str(out)])
+    for name in ("keep.pt", "checkpoint.png"):
+        assert (tmp_path / name).read_bytes() == trained
+    with pytest.raises(UserError, match=r"missing\.pt: no such checkpoint"):
+        visualize([str(missing), str(image), "--out", str(tmp_path / "fish.png")])

@@ -1,22 +1,29 @@
 """Convert a FishNet checkpoint of the authors' release (kevin-ssy/FishNet) to this repository's.
 
-    python -m tools.convert fishnet99_ckpt.tar fishnet99.pt [--model fishnet99]
+    python -m tools.convert fishnet99_ckpt.tar fishnet99.pt [--model fishnet99] [--overwrite]
 
 The output is a checkpoint as train.py writes it (ImageNet stem, width 1, their number of
-classes), which eval.py and predict.py read. The renaming is models.convert's.
+classes, ImageNet's class names where there are 1000), which eval.py and predict.py read.
+The renaming is models.convert's. The output is checked before their file is read: an
+existing file is replaced only with --overwrite, and never their file itself. Their file is
+read within the bounds of training.checkpoint.read_torch_file, and every part of it used is
+checked first; anything wrong is one line and exit status 2.
 """
 
 import argparse
-import sys
+import os
+import reprlib
 from pathlib import Path
 
-import torch
-
-from models.convert import convert_state_dict, infer_model, unwrap
+from models.convert import ConversionError, convert_state_dict, infer_model, unwrap
 from models.fishnet import CONFIGS
+from training.checkpoint import read_torch_file, save_checkpoint
+from training.cli import UserError, check_output_file, run_cli
+from utils import printable
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_CLASSES = 1000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,22 +37,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model", choices=list(CONFIGS), help="the FishNet it holds (default: inferred)"
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the output if it exists already"
+    )
     return parser.parse_args(argv)
+
+
+def check_output(out: Path, authors: Path, overwrite: bool) -> None:
+    """Refuses, before their file is read, an output that cannot be written or that would
+    replace a file unasked; their file itself is never replaced."""
+    check_output_file(out, "output")
+    if not out.exists():
+        return
+    if authors.exists() and os.path.samefile(out, authors):
+        raise UserError(f"output {out}: is the file to convert; name another output")
+    if not overwrite:
+        raise UserError(f"output {out}: exists already; pass --overwrite to replace it")
+
+
+def checked_epoch(checkpoint: object) -> int:
+    """Their checkpoint's ``epoch``: a whole number of at least 0, or 0 where it has none."""
+    epoch = checkpoint.get("epoch", 0) if isinstance(checkpoint, dict) else 0
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ConversionError(
+            f"'epoch' must be a whole number of at least 0, not {reprlib.repr(epoch)}"
+        )
+    return epoch
+
+
+def class_names(num_classes: int) -> list[str]:
+    """ImageNet's class names in label order for 1000 classes (torchvision ships them with
+    its weights' metadata; their release was trained on ImageNet's folders in the same
+    sorted order), ``class N`` for any other number."""
+    if num_classes != IMAGENET_CLASSES:
+        return [f"class {label}" for label in range(num_classes)]
+    from torchvision.models import ResNet50_Weights  # slow to import; only this needs it
+
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from training.checkpoint import save_checkpoint
-
+    check_output(args.out, args.authors, args.overwrite)
+    checkpoint = read_torch_file(args.authors)
     try:
-        checkpoint = torch.load(args.authors, map_location="cpu", weights_only=True)
         state = unwrap(checkpoint)
+        epoch = checked_epoch(checkpoint)
         name = args.model or infer_model(state)
         state_dict, num_classes = convert_state_dict(state, name)
-    except (OSError, RuntimeError, ValueError, AttributeError) as error:
-        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"python -m tools.convert: error: {args.authors}: {text}", file=sys.stderr)
-        sys.exit(2)
+    except ConversionError as error:
+        raise UserError(f"{args.authors}: {error}") from None
     save_checkpoint(
         {
             "model": {
@@ -53,18 +94,18 @@ def main(argv: list[str] | None = None) -> None:
                 "kwargs": {"num_classes": num_classes, "stem": "imagenet", "width": 1.0},
             },
             "state_dict": state_dict,
-            "classes": [f"class {i}" for i in range(num_classes)],
+            "classes": class_names(num_classes),
             "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             # What eval.py and predict.py read of a training run: its numerics, no dataset.
             "args": {"amp": False, "channels_last": False, "data": None, "model": name},
-            "epoch": int(checkpoint.get("epoch", 0)),
+            "epoch": epoch,
             "history": [],
             "source": str(args.authors),
         },
         args.out,
     )
-    print(f"{args.out}: {name}, {num_classes} classes, from {args.authors}")
+    print(f"{printable(args.out)}: {name}, {num_classes} classes, from {printable(args.authors)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -5,7 +5,12 @@
 One panel for the input and one for each map of ``forward_features`` (stem, tail, bridge,
 body, head), each drawn at a size proportional to its resolution, so the row traces the
 fish: the resolution falls in the tail, rises in the body and falls again in the head.
-A panel shows the mean over the map's channels, scaled to its own range.
+A panel shows the mean over the map's channels, scaled to its own range. The image is
+prepared for the checkpoint's input size (its stem's), and the input panel is as wide at any
+size.
+
+``--out`` must name a PNG file; an existing file is replaced only if it is a PNG image. It is
+checked before the model is loaded.
 """
 
 import argparse
@@ -22,13 +27,20 @@ from matplotlib.lines import Line2D
 
 from dataloader.images import read_image_file
 from training.checkpoint import load_ready_model
-from training.cli import HelpFormatter, UserError, first_line, run_cli
+from training.cli import HelpFormatter, UserError, check_output_file, first_line, run_cli
 from training.distributed import resolve_device
 from training.files import atomic_write
+from utils import printable
 
 PART_COLORS = {"tail": "tab:blue", "bridge": "tab:purple", "body": "tab:green", "head": "tab:red"}
-INCHES_PER_PIXEL = 0.075  # at 32x32, a panel is 2.4 inches wide
-GAP = 6  # between panels, in input pixels
+# The input panel's width; every other panel in proportion to its resolution, so a 224x224
+# input gives a figure no wider than a 32x32 one.
+INPUT_INCHES = 2.4
+GAP_INCHES = 0.45  # between panels
+# Below the panels, the parts' bars and names; above them, the panel names and the title.
+BOTTOM_INCHES, TOP_INCHES = 0.6, 1.2
+BAR_INCHES = 0.375  # the parts' bars, from the bottom
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def part(name: str) -> str:
@@ -41,21 +53,23 @@ def draw_fish(image: Tensor, features: dict[str, Tensor], title: str) -> Figure:
     left to right, each panel as tall and wide as its map is (in units of input pixels)."""
     panels = [("input", image.permute(1, 2, 0).numpy(), None)]
     panels += [(name, feature.mean(0).numpy(), "magma") for name, feature in features.items()]
-    largest = max(p.shape[0] for _, p, _ in panels)
-    width_units = sum(p.shape[1] for _, p, _ in panels) + GAP * (len(panels) + 1)
-    # Below the panels the parts' bars and names, above them the panel names and the title.
-    bottom, height_units = 8, largest + 24
-    fig = plt.figure(figsize=(width_units * INCHES_PER_PIXEL, height_units * INCHES_PER_PIXEL))
-    centre = (bottom + largest / 2) / height_units
-    x = GAP
+    inches_per_pixel = INPUT_INCHES / image.shape[-1]
+    largest = max(p.shape[0] for _, p, _ in panels) * inches_per_pixel
+    fig_width = sum(p.shape[1] for _, p, _ in panels) * inches_per_pixel
+    fig_width += GAP_INCHES * (len(panels) + 1)
+    fig_height = BOTTOM_INCHES + largest + TOP_INCHES
+    fig = plt.figure(figsize=(fig_width, fig_height))
+    centre = (BOTTOM_INCHES + largest / 2) / fig_height
+    x = GAP_INCHES
     spans: dict[str, list[float]] = {}
     for name, pixels, cmap in panels:
-        height, width = pixels.shape[:2]
+        rows, columns = pixels.shape[:2]
+        height, width = rows * inches_per_pixel, columns * inches_per_pixel
         box = [
-            x / width_units,
-            centre - height / 2 / height_units,
-            width / width_units,
-            height / height_units,
+            x / fig_width,
+            centre - height / 2 / fig_height,
+            width / fig_width,
+            height / fig_height,
         ]
         ax = fig.add_axes(box)
         ax.imshow(pixels, cmap=cmap, interpolation="nearest")
@@ -64,19 +78,41 @@ def draw_fish(image: Tensor, features: dict[str, Tensor], title: str) -> Figure:
         color = PART_COLORS.get(part(name), "black")
         for spine in ax.spines.values():
             spine.set_color(color)
-        ax.set_title(f"{name}\n{height}x{width}", fontsize=9, color=color)
+        ax.set_title(f"{name}\n{rows}x{columns}", fontsize=9, color=color)
         ax.set_label(name)
         if part(name) in PART_COLORS:
             spans.setdefault(part(name), []).extend([x, x + width])
-        x += width + GAP
-    bar = (bottom - 3) / height_units
+        x += width + GAP_INCHES
+    bar = BAR_INCHES / fig_height
     for name, span in spans.items():
-        left, right = min(span) / width_units, max(span) / width_units
+        left, right = min(span) / fig_width, max(span) / fig_width
         color = PART_COLORS[name]
         fig.add_artist(Line2D([left, right], [bar, bar], color=color, linewidth=3))
         fig.text((left + right) / 2, bar - 0.02, name, ha="center", va="top", color=color)
-    fig.suptitle(title, fontsize=11)
+    # File and class names are shown as written: a "$" would start mathtext, which can fail.
+    fig.suptitle(title, fontsize=11, parse_math=False)
     return fig
+
+
+def check_out(out: Path) -> None:
+    """Refuses an --out that is not a PNG file name or cannot be written, and one that holds
+    anything but a PNG image: a figure replaces only an earlier figure."""
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: must end in .png")
+    check_output_file(out, "--out")
+    if (out.exists() or out.is_symlink()) and not is_png_file(out):
+        raise UserError(f"--out {out}: exists and is not a PNG image; not replaced")
+
+
+def is_png_file(path: Path) -> bool:
+    """Whether path is a regular file that starts as a PNG image does."""
+    if not path.is_file():  # a FIFO would block the read
+        return False
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+    except OSError:
+        return False
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,8 +136,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    out = args.out or args.checkpoint.parent / f"fish_{args.image.stem}.png"
+    check_out(out)
     classifier = load_ready_model(args.checkpoint, resolve_device(args.device))
-    image = read_image_file(args.image)
+    image = read_image_file(args.image, classifier.input_size)
     features = classifier.features(image[None])
     probabilities = classifier.probabilities(image[None])[0]
     label = int(probabilities.argmax())
@@ -113,14 +151,13 @@ def main(argv: list[str] | None = None) -> None:
         "the mean over channels of every stage's map, drawn at its own resolution"
     )
     fig = draw_fish(image, {name: f[0].cpu() for name, f in features.items()}, title)
-    out = args.out or args.checkpoint.parent / f"fish_{args.image.stem}.png"
     try:
         atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     except OSError as error:
         raise UserError(f"--out {out}: cannot write the figure ({first_line(error)})") from None
     plt.close(fig)
     sizes = ", ".join(f"{n} {f.shape[-2]}x{f.shape[-1]}" for n, f in features.items())
-    print(f"{out}: input 32x32, {sizes}")
+    print(f"{printable(out)}: input {image.shape[-2]}x{image.shape[-1]}, {sizes}")
 
 
 if __name__ == "__main__":

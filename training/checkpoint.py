@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from dataloader import normalize
-from models import MODELS, build_model
+from models import MODELS, STEM_INPUT_SIZES, build_model
 from training.cli import UserError, first_line
 from training.files import atomic_write
 from training.precision import AMP_CHOICES, autocast, resolve_amp
@@ -236,6 +236,12 @@ class ReadyModel:
     @property
     def normalization(self) -> dict:
         return self.checkpoint["normalization"]
+
+    @property
+    def input_size(self) -> int:
+        """The side of the square images the model takes, its stem's
+        (:data:`models.STEM_INPUT_SIZES`); the factories' default stem is CIFAR's."""
+        return STEM_INPUT_SIZES[self.checkpoint["model"]["kwargs"].get("stem", "cifar")]
 
     def inputs(self, images: Tensor) -> Tensor:
         """uint8 [B, 3, H, W] images as the model's normalised float input."""
