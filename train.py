@@ -387,6 +387,9 @@ class Run:
                     )
                 if not 0 <= loaders[rank]["step"] <= len(data.train):
                     raise ValueError(f"position {loaders[rank]['step']} past the epoch's end")
+                if loaders[rank]["augment_rng"] is not None:
+                    generator = torch.Generator(device=data.train.device)
+                    generator.set_state(loaders[rank]["augment_rng"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
             raise UserError(
                 f"{path}: damaged checkpoint: cannot restore the training state "

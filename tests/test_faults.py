@@ -237,21 +237,42 @@ def _damage(checkpoint: dict, damage: str) -> dict:
     elif damage == "wrong-size RNG state":
         checkpoint["rng"]["torch"] = torch.zeros(7, dtype=torch.uint8)
     elif damage == "position past the epoch's end":
-        checkpoint["partial"] = {
-            "loaders": [{"epoch": 1, "step": 99, "augment_rng": None}],
-            "progress": {"lr": 0.1, "totals": torch.zeros(3), "samples": 0, "seconds": 0.0},
-        }
+        checkpoint["partial"] = _partial(step=99)
+    elif damage == "dataset record as text":
+        checkpoint["dataset"] = "data/cifar10"
+    elif damage == "amp as a number":
+        checkpoint["args"]["amp"] = 3
+    elif damage == "history rows as text":
+        checkpoint["history"] = ["epoch 1"]
+    elif damage == "scheduler step as text":
+        checkpoint["scheduler"]["last_epoch"] = "3"
+    elif damage == "epoch sums as text":
+        checkpoint["partial"] = {**_partial(step=0), "progress": "0.1"}
+    elif damage == "a loader in another epoch":
+        checkpoint["partial"] = _partial(step=0, epoch=5)
+    elif damage == "wrong-size augmentation RNG state":
+        checkpoint["partial"] = _partial(step=0, augment_rng=torch.zeros(7, dtype=torch.uint8))
     return checkpoint
+
+
+def _partial(step: int, epoch: int = 1, augment_rng=None) -> dict:
+    """The place of a run stopped in its second epoch (the runs here trained one)."""
+    return {
+        "loaders": [{"epoch": epoch, "step": step, "augment_rng": augment_rng}],
+        "progress": {"lr": 0.1, "totals": torch.zeros(3), "samples": 0, "seconds": 0.0},
+    }
 
 
 MODEL_DAMAGE = [
     "wrong tensor shape", "missing weights", "no model", "no args", "no normalization",
     "no history", "no classes", "epoch as text", "fewer class names than outputs",
-    "5-channel mean", "std of 0", "a huge width",
+    "5-channel mean", "std of 0", "a huge width", "dataset record as text", "amp as a number",
 ]  # fmt: skip
 RESUME_DAMAGE = [
     "no optimizer", "no dataset", "no rng", "optimizer state of another shape",
-    "wrong-size RNG state", "position past the epoch's end",
+    "wrong-size RNG state", "position past the epoch's end", "history rows as text",
+    "scheduler step as text", "epoch sums as text", "a loader in another epoch",
+    "wrong-size augmentation RNG state",
 ]  # fmt: skip
 
 

@@ -351,6 +351,8 @@ class TrainState:
         self.model.load_state_dict(state["state_dict"])
         _check_optimizer_state(self.optimizer, state["optimizer"])
         self.optimizer.load_state_dict(state["optimizer"])
+        # load_state_dict sets whatever it is given; a wrong value would fail steps later.
+        _check_same_layout(self.scheduler.state_dict(), state["scheduler"], "scheduler")
         self.scheduler.load_state_dict(state["scheduler"])
         if "scaler" in state:  # checkpoints from before fp16 training have none
             self.scaler.load_state_dict(state["scaler"])
@@ -361,14 +363,52 @@ class TrainState:
             self.ema.n_averaged.copy_(state["ema_updates"])
         if not isinstance(state["history"], list) or not isinstance(state["epoch"], int):
             raise TypeError("history must be a list and epoch a whole number")
+        if len(state["history"]) != state["epoch"] or not all(
+            isinstance(row, dict)
+            and all(isinstance(k, str) and isinstance(v, int | float) for k, v in row.items())
+            for row in state["history"]
+        ):
+            raise TypeError("history must hold one row of numbers per epoch")
         self.history, self.epoch = state["history"], state["epoch"]
         self.best_valid_top1 = float(state["best_valid_top1"])
-        self.partial = state["partial"]
+        partial = state["partial"]
+        if partial is not None:
+            EpochProgress.from_state_dict(partial["progress"], torch.device("cpu"))
+            for loader in partial["loaders"]:
+                if not (isinstance(loader["epoch"], int) and isinstance(loader["step"], int)):
+                    raise TypeError("a loader's epoch and step must be whole numbers")
+                if loader["epoch"] != self.epoch:
+                    raise ValueError(f"a loader in epoch {loader['epoch']}, not {self.epoch}")
+        self.partial = partial
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         random.setstate(_as_python_state(rng["python"]))
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _check_same_layout(fresh: object, saved: object, where: str) -> None:
+    """TypeError unless ``saved`` has the layout of ``fresh`` where the two share keys (a
+    checkpoint of another torch version may have a few others): the same list lengths and
+    kinds of value (numbers, text, flags, containers) all the way down; a field this run
+    has not set yet (None) may hold anything."""
+    if isinstance(fresh, dict):
+        if not isinstance(saved, dict):
+            raise TypeError(f"{where} is {type(saved).__name__}, not a dict")
+        for key in fresh.keys() & saved.keys():
+            _check_same_layout(fresh[key], saved[key], f"{where}.{key}")
+    elif isinstance(fresh, list | tuple):
+        if not isinstance(saved, list | tuple) or len(saved) != len(fresh):
+            raise TypeError(f"{where} is not a sequence of {len(fresh)}")
+        for index, (a, b) in enumerate(zip(fresh, saved, strict=True)):
+            _check_same_layout(a, b, f"{where}[{index}]")
+    elif isinstance(fresh, bool | str):
+        if type(saved) is not type(fresh):
+            raise TypeError(f"{where} is {type(saved).__name__}, not {type(fresh).__name__}")
+    elif isinstance(fresh, int | float) and (
+        isinstance(saved, bool) or not isinstance(saved, int | float)
+    ):
+        raise TypeError(f"{where} is {type(saved).__name__}, not a number")
 
 
 def _as_python_state(value) -> tuple:
