@@ -312,8 +312,9 @@ def test_names_reach_the_terminal_as_plain_text(synthetic_cifar10_dir, tmp_path)
     classes = json.loads((data / "classes.json").read_text())
     classes[0] = f"air{ESCAPES}\nplane"
     (data / "classes.json").write_text(json.dumps(classes))
-    # A folder name that is not UTF-8 (it reaches Python as a lone surrogate).
-    out = os.fsencode(tmp_path) + b"/r\xe9sultat"
+    # A folder name that is not UTF-8 (it reaches Python as a lone surrogate), and TeX that
+    # matplotlib's mathtext cannot draw.
+    out = os.fsencode(tmp_path) + b"/r\xe9sultat $\\frac$"
     flags = [os.fsencode(str(arg)) for arg in ["--data", data, *SMALL, "--epochs", "1"]]
     command = [os.fsencode(sys.executable), b"train.py", b"--out", out, *flags]
     trained = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, timeout=600, check=False)

@@ -46,7 +46,8 @@ def _epoch_axes(title: str, ylabel: str, epochs: list[int]):
 
     fig = _new_figure(7, 4.5)
     ax = fig.subplots()
-    ax.set(xlabel="epoch", ylabel=ylabel, title=printable(title))
+    ax.set(xlabel="epoch", ylabel=ylabel)
+    ax.set_title(printable(title), parse_math=False)  # names as written, "$" too
     # Whole epochs only, and a 1-epoch run gets an axis around its single point.
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlim(0.5, max(epochs) + 0.5)
@@ -97,9 +98,11 @@ def plot_confusion(confusion: Tensor, classes: list[str], title: str, path: Path
     ax = fig.subplots()
     ax.imshow(confusion.numpy(), cmap="Blues")
     ticks = range(len(classes))
-    names = [printable(name) for name in classes]  # a lone surrogate would stop matplotlib
-    ax.set_xticks(ticks, names, rotation=90)
-    ax.set_yticks(ticks, names)
+    # Names as written: a lone surrogate (a byte that is not UTF-8) or a "$" (mathtext)
+    # would stop matplotlib.
+    names = [printable(name) for name in classes]
+    ax.set_xticks(ticks, names, rotation=90, parse_math=False)
+    ax.set_yticks(ticks, names, parse_math=False)
     if len(classes) <= 20:
         threshold = confusion.max().item() / 2
         for i in ticks:
@@ -107,5 +110,6 @@ def plot_confusion(confusion: Tensor, classes: list[str], title: str, path: Path
                 value = confusion[i, j].item()
                 color = "white" if value > threshold else "black"
                 ax.text(j, i, value, ha="center", va="center", color=color, fontsize=7)
-    ax.set(xlabel="predicted", ylabel="true", title=printable(title))
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title(printable(title), parse_math=False)
     _save(fig, path)
