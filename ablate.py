@@ -161,9 +161,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.train_flags = train_flags
     args.table = args.table or args.out / "ablation.md"
     args.plot = args.plot or args.out / "ablation.png"
-    check_output_file(args.table, "--table")
-    check_output_file(args.plot, "--plot")
-    check_output_file(args.out / "ablation.json", "--out")
+    check_output_file(args.table, "--table", kind="text")
+    check_output_file(args.plot, "--plot", kind="png")
+    check_output_file(args.out / "ablation.json", "--out", kind="text")
     return args
 
 
@@ -293,8 +293,9 @@ def main(argv: list[str] | None = None) -> None:
             again = rerun_command("ablate.py", drop=("--resume", "--overwrite"), add=("--resume",))
             raise Ended(
                 ended.status,
-                f"{ended} during variant {name}; the finished variants are in {args.table}, "
-                f"and the ablation goes on with: {again}",
+                f"{ended} during variant {name}; "
+                + (f"the finished variants are in {args.table}, " if results else "")
+                + f"the ablation goes on with: {again}",
             ) from None
         if status:
             raise Ended(

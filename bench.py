@@ -35,7 +35,7 @@ from dataloader import (
     read_classes,
 )
 from models import build_model, count_macs, model_names
-from training.checkpoint import refuse_existing_run
+from training.checkpoint import CHECKPOINT_FILES, refuse_existing_run
 from training.cli import (
     Ended,
     HelpFormatter,
@@ -67,9 +67,11 @@ from training.precision import AMP_CHOICES, resolve_amp
 
 DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "cifar10"
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
+FIGURES = ("acc.png", "loss.png")  # a run's curves, which bench.py report copies
 # Bounds of the flags whose larger values would hang or exhaust the machine.
 MAX_SECONDS = 3600
 step_count = at_most(positive_int, 100_000)
+batch_size = at_most(positive_int, 1 << 16)
 worker_count = at_most(non_negative_int, 64)
 # Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs this benchmark knows by name.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -84,7 +86,7 @@ def images_per_second(
     iterator = iter(batches)
     next(iterator)
     count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
+    while not count or time.perf_counter() - started < seconds:  # one batch at least
         for images, labels in iterator:
             images.to(device, non_blocking=True)
             labels.to(device, non_blocking=True)
@@ -285,14 +287,15 @@ def bench_train(args: argparse.Namespace) -> None:
     shutdown_distributed()
 
 
-def check_train_flags(flags: list[str], outs: list[Path]) -> None:
-    """Checks, before any run starts, train.py's flags and that no run folder in ``outs``
-    holds a run that the flags do not say what to do with (--overwrite, --resume)."""
-    parse_train_args(flags, passed_on_by="bench.py")
+def check_train_flags(flags: list[str], outs: list[Path]) -> argparse.Namespace:
+    """train.py's flags, checked before any run starts, as are the run folders ``outs``:
+    none may hold a run that the flags do not say what to do with (--overwrite, --resume)."""
+    run = parse_train_args(flags, passed_on_by="bench.py")
     for out in outs:
         check_output_folder(out, "--out")
         if not {"--overwrite", "--resume"} & set(flags):
             refuse_existing_run(out)
+    return run
 
 
 def run_train_script(flags: list[str], out: Path) -> list[dict]:
@@ -324,7 +327,9 @@ def bench_tta(args: argparse.Namespace) -> None:
     flags = ["--preset", args.preset, *args.train_flags]
     if args.split == "test":
         flags.append("--report-test")
-    check_train_flags(flags, [args.out])
+    run = check_train_flags(flags, [args.out])
+    if args.split == "valid" and run.train_on_all:
+        raise UserError("--split valid: --train-on-all trains on the valid split; use --split test")
     history = run_train_script(flags, args.out)
     times = training_seconds(history)
     targets = sorted(args.targets)
@@ -358,9 +363,16 @@ def bench_report(args: argparse.Namespace) -> None:
     }
     for preset in args.presets:
         check_train_flags(["--preset", preset, *args.train_flags], list(runs.values()))
-    check_output_file(args.out / "results.md", "--out")
+    check_output_file(args.out / "results.md", "--out", kind="text")
     figures = args.figures or args.out
     check_output_folder(figures, "--figures")
+    kept = [name for name in CHECKPOINT_FILES if (figures / name).exists()]
+    if kept:
+        raise UserError(
+            f"--figures {figures}: holds a run ({', '.join(kept)}); name another folder"
+        )
+    for name in FIGURES:
+        check_output_file(figures / name, "--figures", kind="png")
     rows, best = [], None
     for preset in args.presets:
         finals = []
@@ -399,7 +411,7 @@ def bench_report(args: argparse.Namespace) -> None:
     table = "\n".join([header, *rows]) + "\n"
     write_text(args.out / "results.md", table)
     print("\n" + table)
-    for name in ("acc.png", "loss.png"):
+    for name in FIGURES:
         atomic_write(figures / name, lambda tmp, n=name: shutil.copyfile(best[1] / n, tmp))
     print(f"table: {args.out / 'results.md'}; curves of the best run ({best[1]}): {figures}")
 
@@ -423,7 +435,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         bench_data,
     )
     data.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared dataset folder")
-    data.add_argument("--batch-size", type=positive_int, default=256, help="batch size")
+    data.add_argument("--batch-size", type=batch_size, default=256, help="batch size")
     data.add_argument("--workers", type=worker_count, default=2, help="DataLoader workers")
     data.add_argument(
         "--seconds", type=at_most(positive_float, MAX_SECONDS), default=10.0, help="time per loader"
@@ -438,7 +450,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     training.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared dataset")
     training.add_argument("--model", default="fishnet99", choices=model_names(), help="the network")
     training.add_argument("--width", type=model_width, default=1.0, help="channel multiplier")
-    training.add_argument("--batch-size", type=positive_int, default=256, help="per process")
+    training.add_argument("--batch-size", type=batch_size, default=256, help="per process")
     training.add_argument("--steps", type=step_count, default=50, help="timed steps")
     training.add_argument("--warmup", type=step_count, default=10, help="untimed steps first")
     training.add_argument("--workers", type=worker_count, default=2, help="seed-style loader")
@@ -505,6 +517,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args, rest = parser.parse_known_args(argv)
     if rest and args.subcommand not in ("tta", "report"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    for flag in ("presets", "seeds"):
+        values = getattr(args, flag, [])
+        if len(set(values)) != len(values):
+            parser.error(f"--{flag} names one twice: each run needs a folder of its own")
     args.train_flags = rest
     return args
 

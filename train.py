@@ -491,11 +491,12 @@ class Run:
         return self.state.history[-1]["elapsed"] if self.state.history else 0.0
 
     def describe_result(self) -> str:
-        last = self.state.history[-1] if self.state.history else None
-        if last is None or "valid_top1" not in last:
-            test = f"test top-1 {last['test_top1']:.2f} %" if last else "no epoch trained"
-            return f"last epoch's {test}"
-        return f"best valid top-1 {self.state.best_valid_top1:.2f} %"
+        last = self.state.history[-1] if self.state.history else {}
+        if "valid_top1" in last:
+            return f"best valid top-1 {self.state.best_valid_top1:.2f} %"
+        if "test_top1" in last:
+            return f"last epoch's test top-1 {last['test_top1']:.2f} %"
+        return "no epoch scored"
 
 
 def describe_epoch(row: dict, epochs: int, is_best: bool) -> str:

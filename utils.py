@@ -25,6 +25,7 @@ from typing import BinaryIO, TextIO
 # the bidirectional overrides that reorder what is shown ("Trojan Source"), and the lone
 # surrogates that stand for undecodable bytes in file names (os.fsdecode).
 _BIDI_CONTROLS = {*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C}
+ZIP_LOCAL_HEADER = b"PK\x03\x04"  # how torch.load recognises its zip format
 # What a message may keep: its own line structure (progress bars redraw with \r).
 _LAYOUT = {"\n", "\r", "\t"}
 
@@ -65,14 +66,32 @@ def _printable_message(text: str) -> str:
 class PrintableStream:
     """A text stream whose writes reach the terminal as plain text (see :func:`printable`;
     line breaks and carriage returns are kept): a name printed anywhere in a program cannot
-    send the terminal a control sequence, and a name that is not UTF-8 cannot crash it."""
+    send the terminal a control sequence, and a name that is not UTF-8 cannot crash it. A
+    reader that went away is no error either."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
     def write(self, text: str) -> int:
-        self.stream.write(_printable_message(text))
+        try:
+            self.stream.write(_printable_message(text))
+        except BrokenPipeError:
+            self._reader_gone()
         return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        # The program reading this output ended (`| head`, a closed `| tee`): what is left
+        # to print goes nowhere, rather than stopping a run in the middle of saving its work
+        # (or, flushed at exit, turning its exit status into 120).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.stream.fileno())
+        os.close(devnull)
 
     def __getattr__(self, name: str):
         return getattr(self.stream, name)
@@ -189,7 +208,9 @@ def load_torch_file(path: Path, max_bytes: int) -> object:
     with open_regular_file(path, max_bytes) as stream, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's notes on the pickle protocols of old files
         size = os.fstat(stream.fileno()).st_size
-        if zipfile.is_zipfile(stream):
+        # torch tells its formats apart by the first bytes, so the check does too: a file of
+        # the old format with a zip directory appended is still read (and checked) as old.
+        if stream.read(len(ZIP_LOCAL_HEADER)) == ZIP_LOCAL_HEADER:
             _check_zip_records(stream, size)
         else:
             stream.seek(0)

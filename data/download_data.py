@@ -77,6 +77,7 @@ from utils import (
 )
 
 EXIT_BAD_SOURCE = 2
+MAX_SEED = 2**32 - 1  # as train.py's
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 STAMP_FILE = "prepared.json"
 STAMP_FORMAT = 1
@@ -203,12 +204,34 @@ def encode_png(task: ImageTask) -> str | None:
     return None
 
 
-class Terminated(Exception):
-    """SIGTERM: the run stops like one interrupted by Ctrl-C, cleaning up what it wrote."""
+class Stopped(Exception):
+    """Ctrl-C or SIGTERM stopped the run, after it cleaned up what it wrote; ``outcome``
+    says what is in place."""
+
+    def __init__(self, signum: int, outcome: str = "nothing was changed") -> None:
+        super().__init__(outcome)
+        self.signum, self.outcome = signum, outcome
 
 
-def raise_terminated(signum: int, frame) -> None:
-    raise Terminated
+def raise_stopped(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stops_deferred() -> Iterator[list[int]]:
+    """Ctrl-C and SIGTERM wait until the block ends (the signals received are listed): a
+    stop half-way through putting the new dataset in place would leave the old one beside
+    it, or half of it removed."""
+    received: list[int] = []
+    previous = {
+        signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def worker_signals(parent: int) -> None:
@@ -585,6 +608,9 @@ def prepare(
         "seed": seed,
         "resize": resize,
     }
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise SourceError(f"--out {out}: {folder} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with claim(out, spec):
         if is_prepared(dataset_dir, stamp):
@@ -655,11 +681,15 @@ def write_prepared(
             written.append(path.name)
         sha256 = {name: sha256_file(new_dir / name) for name in written}
         write_json(new_dir / STAMP_FILE, {"made_with": stamp, "from": shown, "sha256": sha256})
-        if dataset_dir.exists():
-            dataset_dir.rename(work_dir / "previous")
-        new_dir.rename(dataset_dir)
+        with stops_deferred() as stops:
+            if dataset_dir.exists():
+                dataset_dir.rename(work_dir / "previous")
+            new_dir.rename(dataset_dir)
+            shutil.rmtree(work_dir, ignore_errors=True)
     finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        shutil.rmtree(work_dir, ignore_errors=True)  # what a failed or stopped run wrote
+    if stops:
+        raise Stopped(stops[0], f"{dataset_dir} was complete and is in place")
     return dataset_dir
 
 
@@ -698,15 +728,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "instead of stopping with an error",
     )
     args = parser.parse_args(argv)
-    if args.seed < 0:
-        parser.error("--seed must be non-negative")
+    if not 0 <= args.seed <= MAX_SEED:
+        parser.error(f"--seed must be between 0 and {MAX_SEED:,}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     make_output_printable()
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, raise_terminated)
+    signal.signal(signal.SIGTERM, raise_stopped)
     spec = DATASETS[args.dataset]
     started = time.perf_counter()
     try:
@@ -720,9 +750,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("download_data.py: error: interrupted; nothing was changed", file=sys.stderr)
         return 130
-    except Terminated:
-        print("download_data.py: error: stopped by SIGTERM; nothing was changed", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except Stopped as stopped:
+        name = signal.Signals(stopped.signum).name
+        print(f"download_data.py: error: stopped by {name}; {stopped.outcome}", file=sys.stderr)
+        return 128 + stopped.signum
     if dataset_dir is None:
         print(
             f"{args.out / spec.name} is already prepared from this source with seed {args.seed}: "

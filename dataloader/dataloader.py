@@ -130,7 +130,8 @@ def image_files_sha256(entries: Sequence[tuple[str, int]]) -> str:
     digest = hashlib.sha256()
     for image_path, _ in entries:
         status = os.stat(image_path)
-        digest.update(f"{image_path}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+        digest.update(os.fsencode(image_path))  # a name that is not UTF-8 too
+        digest.update(f"\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 

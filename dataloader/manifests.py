@@ -133,6 +133,10 @@ def read_manifest(path: str | os.PathLike, num_classes: int | None = None) -> li
             raise DataError(f"{entry}: label must be an integer, got {reprlib.repr(label)}")
         if not 0 <= label < num_classes:
             raise DataError(f"{entry}: label {label} out of range 0..{num_classes - 1}")
+        try:
+            os.fsencode(image)
+        except UnicodeEncodeError:  # JSON can spell characters no file name holds
+            raise DataError(f"{entry}: not a file name this system can hold") from None
         relative = PurePosixPath(image)
         if not relative.parts or relative.is_absolute() or ".." in relative.parts:
             raise DataError(

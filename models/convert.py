@@ -66,7 +66,10 @@ def our_name(key: str, prefixes: dict[str, str]) -> str:
     theirs = max(matches, key=len)
     ours, rest = prefixes[theirs], key[len(theirs) :]
     if ours.endswith(UNIT_SEQUENCES):
-        unit, layer, tensor = rest.split(".", 2)
+        parts = rest.split(".", 2)
+        if len(parts) != 3:
+            raise ConversionError(f"{key}: not a tensor of a bottleneck (unit.layer.tensor)")
+        unit, layer, tensor = parts
         if layer not in BOTTLENECK_LAYERS:
             raise ConversionError(f"{key}: {layer!r} is not a layer of a bottleneck")
         rest = f"{unit}.{BOTTLENECK_LAYERS[layer]}.{tensor}"
@@ -83,10 +86,13 @@ def unwrap(checkpoint: object) -> dict[str, torch.Tensor]:
     if not (
         isinstance(state, dict)
         and state
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+        and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) and v.layout == torch.strided
+            for k, v in state.items()
+        )
     ):
         raise ConversionError(
-            "not a FishNet checkpoint: no dict of names to tensors, bare or as 'state_dict'"
+            "not a FishNet checkpoint: no dict of names to dense tensors, bare or as 'state_dict'"
         )
     return {key.removeprefix("module."): value for key, value in state.items()}
 

@@ -18,7 +18,7 @@ import torch
 from conftest import REPO_ROOT, SMALL, one_line_error, run_script, write_synthetic_source
 from PIL import Image
 
-from dataloader import load_split, read_manifest
+from dataloader import DataError, load_split, read_manifest
 from utils import UnsafeFile, load_torch_file, printable
 
 ESCAPES = "\x1b[2J\x1b]0;owned\x07"  # clear the screen, retitle the terminal
@@ -167,6 +167,23 @@ def test_outputs_are_checked_before_any_work(finished_run, synthetic_cifar10_dir
     assert not (tmp_path / "runs").exists() and not (tmp_path / "report").exists()
     assert a_file.read_text() == "mine"
 
+    # Outputs that name a checkpoint, another run's figures or the command's own input.
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    ablation = run_script("ablate.py", "--variants", "baseline", "--out", tmp_path / "runs",
+                          "--table", run / "best.pt", *data)  # fmt: skip
+    one_line_error(ablation, "--table", "best.pt", "is not a text file")
+    report = run_script("bench.py", "report", "--presets", "cpu", "--seeds", "0", "--out",
+                        tmp_path / "report", "--figures", run, *data)  # fmt: skip
+    one_line_error(report, "--figures", "holds a run")
+    image = run / "acc.png"
+    drawn = subprocess.run(
+        [sys.executable, "-m", "tools.visualize", run / "best.pt", image, "--out", image],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    one_line_error(drawn, "--out", "is an input of this command")
+    assert before == {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+
 
 # -- signals ---------------------------------------------------------------------------------
 
@@ -262,6 +279,23 @@ def _locked(folder: Path) -> bool:
     return False
 
 
+def test_a_reader_gone_does_not_cost_a_stopped_run_its_epoch(synthetic_cifar10_dir, tmp_path):
+    """train.py | head: the reader ends, then Ctrl-C; printing must not stop the saving."""
+    out = tmp_path / "run"
+    training = start("train.py", "--data", synthetic_cifar10_dir, "--out", out, *SMALL,
+                     "--batch-size", "4", "--epochs", "3")  # fmt: skip
+    wait_for(training, b"steps per epoch")
+    training.stdout.close()
+    training.send_signal(signal.SIGINT)
+    stderr = training.stderr.read() or b""  # non-blocking since wait_for
+    while training.poll() is None:
+        time.sleep(0.1)
+        stderr += training.stderr.read() or b""
+    assert training.returncode == 130, stderr
+    assert b"Traceback" not in stderr
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] < 3
+
+
 def test_download_stopped_by_sigterm_cleans_up(tmp_path):
     source = write_synthetic_source(tmp_path / "source", train_per_class=300)
     out = tmp_path / "data"
@@ -290,7 +324,11 @@ def test_a_process_of_a_run_that_never_assembles_ends_in_one_line(synthetic_cifa
     with socket.socket() as probe:  # a free port
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env |= {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env |= {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "", "MASTER_PORT": str(port)}
+    empty = subprocess.run([sys.executable, "train.py", *map(str, flags)], env=env, cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    one_line_error(empty, "LOCAL_RANK is set but MASTER_ADDR is not")
+    env["MASTER_ADDR"] = "127.0.0.1"
     started = time.monotonic()
     waiting = subprocess.run(
         [sys.executable, "train.py", *map(str, flags), "--dist-timeout", "3"], env=env,
@@ -351,12 +389,53 @@ def test_names_reach_the_terminal_as_plain_text(synthetic_cifar10_dir, tmp_path)
         (["train.py", "--width", "64"], "--width: must be at most 4"),
         (["train.py", "--epochs", "100000000"], "--epochs: must be at most 10,000"),
         (["train.py", "--momentum", "1.5"], "--momentum"),
+        (["bench.py", "data", "--batch-size", "99999999999999999999"], "--batch-size: must be"),
+        (["bench.py", "report", "--seeds", "0", "0"], "--seeds names one twice"),
+        (["bench.py", "tta", "--split", "valid", "--train-on-all"], "--split valid: --train-on"),
+        (["data/download_data.py", "--seed", "99999999999999999999"], "--seed must be between"),
     ],
 )
 def test_numeric_flags_are_bounded_and_named_by_their_program(command, message):
     result = run_script(*command)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert message in result.stderr.splitlines()[-1], result.stderr
+
+
+def test_a_warmup_of_nearly_the_whole_run_leaves_the_schedule_a_step():
+    from training.optim import make_optimizer, make_scheduler
+    from training.options import parse_args
+
+    args = parse_args(["--schedule", "cosine", "--epochs", "1", "--warmup-epochs", "0.99"])
+    model = torch.nn.Linear(2, 2)
+    optimizer = make_optimizer(args, model, torch.device("cpu"))
+    scheduler = make_scheduler(args, optimizer, 20)
+    for _ in range(20):
+        optimizer.step()
+        scheduler.step()
+    assert scheduler.get_last_lr()[0] < 1e-3
+
+
+def test_manifest_names_no_file_can_have(synthetic_cifar10_dir, tmp_path):
+    data = shutil.copytree(synthetic_cifar10_dir, tmp_path / "data")
+    manifest = data / "valid_img2labels.json"
+    entries = json.loads(manifest.read_text())
+    first = next(iter(entries))
+    # A file whose name is not UTF-8 is fine; a JSON escape no file name can hold is not.
+    os.rename(data / first, os.fsencode(data) + b"/images/r\xe9.png")
+    entries[os.fsdecode(b"images/r\xe9.png")] = entries.pop(first)
+    manifest.write_text(json.dumps(entries))
+    assert len(load_split(data, "valid")[1]) == len(entries)
+    manifest.write_text(json.dumps({"images/\ud800.png": 0}))
+    with pytest.raises(DataError, match="not a file name this system can hold"):
+        read_manifest(manifest)
+
+
+def test_a_file_or_download_target_that_is_a_file(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("mine")
+    result = run_script("data/download_data.py", "--source", tmp_path, "--out", a_file)
+    one_line_error(result, "--out", "is a file, not a folder")
+    assert a_file.read_text() == "mine"
 
 
 def test_bench_train_with_a_batch_larger_than_the_data(synthetic_cifar10_dir):

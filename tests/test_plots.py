@@ -25,3 +25,19 @@ def test_test_curves_appear_when_the_run_scores_the_test_split():
     accuracy, _ = history_figures(rows, "t")
     labels = [line.get_label() for line in accuracy.axes[0].get_lines()]
     assert "test top-1" in labels and "valid top-1" in labels
+
+
+def test_a_split_scored_in_some_epochs_only(tmp_path):
+    """--report-test dropped on --resume: the first epoch has test scores, the second not."""
+    from training.plots import write_history
+
+    test = {"test_loss": 2.0, "test_top1": 25.0, "test_top5": 70.0}
+    rows = [{"epoch": 1, **ROW, **test}, {"epoch": 2, **ROW}, {"epoch": 3, **ROW, **test}]
+    write_history(rows, tmp_path, "run $\\frac$")  # mathtext that cannot be drawn, too
+    header, *lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert header.split(",")[-3:] == list(test) and lines[1].endswith(",,,")
+    accuracy, _ = history_figures(rows, "t")
+    (test_top1,) = [
+        line for line in accuracy.axes[0].get_lines() if line.get_label() == "test top-1"
+    ]
+    assert list(test_top1.get_ydata())[::2] == [25.0, 25.0]

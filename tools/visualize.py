@@ -40,7 +40,6 @@ GAP_INCHES = 0.45  # between panels
 # Below the panels, the parts' bars and names; above them, the panel names and the title.
 BOTTOM_INCHES, TOP_INCHES = 0.6, 1.2
 BAR_INCHES = 0.375  # the parts' bars, from the bottom
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def part(name: str) -> str:
@@ -94,27 +93,6 @@ def draw_fish(image: Tensor, features: dict[str, Tensor], title: str) -> Figure:
     return fig
 
 
-def check_out(out: Path) -> None:
-    """Refuses an --out that is not a PNG file name or cannot be written, and one that holds
-    anything but a PNG image: a figure replaces only an earlier figure."""
-    if out.suffix.lower() != ".png":
-        raise UserError(f"--out {out}: must end in .png")
-    check_output_file(out, "--out")
-    if (out.exists() or out.is_symlink()) and not is_png_file(out):
-        raise UserError(f"--out {out}: exists and is not a PNG image; not replaced")
-
-
-def is_png_file(path: Path) -> bool:
-    """Whether path is a regular file that starts as a PNG image does."""
-    if not path.is_file():  # a FIFO would block the read
-        return False
-    try:
-        with open(path, "rb") as stream:
-            return stream.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
-    except OSError:
-        return False
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tools.visualize",
@@ -137,7 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out = args.out or args.checkpoint.parent / f"fish_{args.image.stem}.png"
-    check_out(out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: must end in .png")
+    check_output_file(out, "--out", kind="png", inputs=(args.image, args.checkpoint))
     classifier = load_ready_model(args.checkpoint, resolve_device(args.device))
     image = read_image_file(args.image, classifier.input_size)
     features = classifier.features(image[None])
@@ -146,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = classifier.checkpoint["model"]
     model = f"{spec['name']} (width {spec['kwargs'].get('width', 1.0)})"
     title = (
-        f"{model} on {args.image.name}: {classifier.classes[label]}, "
+        f"{model} on {printable(args.image.name)}: {printable(classifier.classes[label])}, "
         f"{100 * probabilities[label]:.0f} %\n"
         "the mean over channels of every stage's map, drawn at its own resolution"
     )

@@ -35,7 +35,9 @@ class Ended(Exception):
 
 
 def program_name() -> str:
-    return Path(sys.argv[0]).name
+    """How the user started this program: ``train.py``, or ``python -m tools.convert``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return f"python -m {spec.name}" if spec is not None else Path(sys.argv[0]).name
 
 
 def run_cli(main: Callable[[], object]) -> None:
@@ -139,13 +141,45 @@ def rerun_command(script: str, drop: tuple[str, ...] = (), add: tuple[str, ...] 
     return shlex.join([python_command(), script, *argv, *add])
 
 
-def check_output_file(path: Path, flag: str) -> None:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TEXT_SAMPLE_BYTES = 1 << 16
+
+
+def _is_kind(path: Path, kind: str) -> bool:
+    """Whether the regular file ``path`` is a PNG image (``kind`` "png") or UTF-8 text
+    ("text"), judging by its first bytes."""
+    try:
+        with open(path, "rb") as stream:
+            start = stream.read(TEXT_SAMPLE_BYTES)
+    except OSError:
+        return False
+    if kind == "png":
+        return start.startswith(PNG_SIGNATURE)
+    try:
+        start.decode()
+    except UnicodeDecodeError as error:  # a sample may end inside a character
+        return error.start >= len(start) - 3 and b"\0" not in start
+    return b"\0" not in start
+
+
+def check_output_file(
+    path: Path, flag: str, kind: str | None = None, inputs: Sequence[Path] = ()
+) -> None:
     """Refuses, before any work, an output file that cannot be written where it is asked
-    for: a folder, or a path below a file."""
+    for (a folder, a path below a file), that is one of the command's ``inputs``, or that
+    exists and is not of the ``kind`` the command writes ("png", "text"): a figure or a table
+    replaces only an earlier one, never a checkpoint."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path}: a folder, not a file")
     check_output_folder(path.parent, flag, shown=path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if any(Path(given).exists() and os.path.samefile(path, given) for given in inputs):
+        raise UserError(f"{flag} {path}: is an input of this command; name another output")
+    if kind is not None and not (path.is_file() and _is_kind(path, kind)):
+        what = "a PNG image" if kind == "png" else "a text file"
+        raise UserError(f"{flag} {path}: exists and is not {what}; not replaced")
 
 
 def check_output_folder(folder: Path, flag: str, shown: Path | None = None) -> None:

@@ -30,12 +30,13 @@ def resolve_device(name: str) -> torch.device:
 # What torchrun sets for every process besides LOCAL_RANK; init_process_group reads them.
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_TIMEOUT_SECONDS = 600  # NCCL's own default for a collective
+MAX_PROCESSES = 1 << 16
 
 
 def _launch_settings() -> tuple[int, int, int]:
     """(local rank, rank, world size) from torchrun's variables, checked: a process started
     by hand with some of them would otherwise fail with a traceback or wait forever."""
-    missing = [name for name in LAUNCH_VARIABLES if name not in os.environ]
+    missing = [name for name in LAUNCH_VARIABLES if not os.environ.get(name)]
     if missing:
         raise UserError(
             f"LOCAL_RANK is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
@@ -49,7 +50,8 @@ def _launch_settings() -> tuple[int, int, int]:
         raise UserError(
             "LOCAL_RANK, RANK, WORLD_SIZE and MASTER_PORT must be whole numbers"
         ) from None
-    if not (0 <= rank < world_size and 0 <= local_rank < world_size and 0 < port < 65536):
+    in_range = 0 <= rank < world_size <= MAX_PROCESSES and 0 <= local_rank < world_size
+    if not (in_range and 0 < port < 65536):
         raise UserError(
             f"RANK {rank}, LOCAL_RANK {local_rank}, WORLD_SIZE {world_size} or MASTER_PORT "
             f"{port} out of range"
@@ -85,7 +87,7 @@ def init_distributed(
                 "nccl" if device.type == "cuda" else "gloo",
                 timeout=datetime.timedelta(seconds=timeout_seconds),
             )
-        except dist.DistError as error:
+        except (RuntimeError, ValueError) as error:  # torch's DistError is a RuntimeError
             raise UserError(
                 f"the {world_size} processes did not all join at {address} within "
                 f"{timeout_seconds:g} s ({first_line(error)}); start every one of them, "

@@ -366,19 +366,23 @@ class TrainState:
         if len(state["history"]) != state["epoch"] or not all(
             isinstance(row, dict)
             and all(isinstance(k, str) and isinstance(v, int | float) for k, v in row.items())
-            for row in state["history"]
+            and row.get("epoch") == epoch
+            and "elapsed" in row
+            for epoch, row in enumerate(state["history"], start=1)
         ):
-            raise TypeError("history must hold one row of numbers per epoch")
+            raise TypeError("history must hold one row of numbers per epoch, in order")
         self.history, self.epoch = state["history"], state["epoch"]
         self.best_valid_top1 = float(state["best_valid_top1"])
         partial = state["partial"]
         if partial is not None:
-            EpochProgress.from_state_dict(partial["progress"], torch.device("cpu"))
+            progress = EpochProgress.from_state_dict(partial["progress"], torch.device("cpu"))
             for loader in partial["loaders"]:
                 if not (isinstance(loader["epoch"], int) and isinstance(loader["step"], int)):
                     raise TypeError("a loader's epoch and step must be whole numbers")
                 if loader["epoch"] != self.epoch:
                     raise ValueError(f"a loader in epoch {loader['epoch']}, not {self.epoch}")
+                if loader["step"] > 0 and progress.samples <= 0:
+                    raise ValueError(f"{progress.samples} images counted in {loader['step']} steps")
         self.partial = partial
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])

@@ -98,5 +98,7 @@ def warmup_epochs(args: argparse.Namespace) -> float:
 def make_scheduler(args: argparse.Namespace, optimizer: Optimizer, per_epoch: int) -> Scheduler:
     """The schedule of ``args.schedule`` over ``args.epochs`` epochs of ``per_epoch`` steps."""
     build = _choose(SCHEDULES, args.schedule, "schedule")
-    warmup = round(warmup_epochs(args) * per_epoch)
-    return build(args, optimizer, args.epochs * per_epoch, warmup, per_epoch)
+    total = args.epochs * per_epoch
+    # Rounded to steps, a warm-up of nearly the whole run could leave the schedule none.
+    warmup = min(round(warmup_epochs(args) * per_epoch), total - 1)
+    return build(args, optimizer, total, warmup, per_epoch)

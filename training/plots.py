@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,10 @@ def write_history(history: list[dict], out_dir: Path, title: str) -> None:
 
     def write_csv(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(history[0]), extrasaction="ignore")
+            # Every column any epoch has: splits scored in some epochs only stay blank in the
+            # others.
+            columns = list(dict.fromkeys(key for row in history for key in row))
+            writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(history)
 
@@ -65,12 +69,14 @@ def history_figures(history: list[dict], title: str) -> tuple[Figure, Figure]:
     on linear axes from zero, against whole epochs."""
     epochs = [row["epoch"] for row in history]
     style = {"marker": "o", "markersize": 3}
-    splits = [s for s in ("train", "valid", "test") if f"{s}_top1" in history[0]]
+    # A split scored in some epochs only (--report-test added or dropped on --resume) is
+    # drawn where it was scored.
+    splits = [s for s in ("train", "valid", "test") if any(f"{s}_top1" in r for r in history)]
     colors = {"train": "tab:blue", "valid": "tab:orange", "test": "tab:green"}
     accuracy, ax = _epoch_axes(f"Accuracy: {title}", "accuracy (%)", epochs)
     for split in splits:
         for k, linestyle in (("top1", "-"), ("top5", "--")):
-            values = [row[f"{split}_{k}"] for row in history]
+            values = [row.get(f"{split}_{k}", math.nan) for row in history]
             label = f"{split} top-{k[-1]}"
             ax.plot(epochs, values, color=colors[split], linestyle=linestyle, label=label, **style)
     ax.set_ylim(0, 100)
@@ -78,7 +84,7 @@ def history_figures(history: list[dict], title: str) -> tuple[Figure, Figure]:
 
     loss, ax = _epoch_axes(f"Loss: {title}", "cross-entropy", epochs)
     for split in splits:
-        values = [row[f"{split}_loss"] for row in history]
+        values = [row.get(f"{split}_loss", math.nan) for row in history]
         ax.plot(epochs, values, color=colors[split], label=split, **style)
     ax.set_ylim(bottom=0)
     ax.legend()
