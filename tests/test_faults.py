@@ -242,8 +242,8 @@ def _damage(checkpoint: dict, damage: str) -> dict:
         checkpoint["dataset"] = "data/cifar10"
     elif damage == "amp as a number":
         checkpoint["args"]["amp"] = 3
-    elif damage == "history rows as text":
-        checkpoint["history"] = ["epoch 1"]
+    elif damage == "a history row without its time":
+        checkpoint["history"] = [{"epoch": 1}]
     elif damage == "scheduler step as text":
         checkpoint["scheduler"]["last_epoch"] = "3"
     elif damage == "epoch sums as text":
@@ -270,7 +270,7 @@ MODEL_DAMAGE = [
 ]  # fmt: skip
 RESUME_DAMAGE = [
     "no optimizer", "no dataset", "no rng", "optimizer state of another shape",
-    "wrong-size RNG state", "position past the epoch's end", "history rows as text",
+    "wrong-size RNG state", "position past the epoch's end", "a history row without its time",
     "scheduler step as text", "epoch sums as text", "a loader in another epoch",
     "wrong-size augmentation RNG state",
 ]  # fmt: skip
