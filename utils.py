@@ -3,7 +3,7 @@ on a terminal, files read with bounds on what they may cost, child processes tha
 their parent.
 
 Standard library only at import time (data/download_data.py starts without torch); torch is
-imported in the one function that needs it.
+imported where it is used.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from typing import BinaryIO, TextIO
 # the bidirectional overrides that reorder what is shown ("Trojan Source"), and the lone
 # surrogates that stand for undecodable bytes in file names (os.fsdecode).
 _BIDI_CONTROLS = {*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C}
-ZIP_LOCAL_HEADER = b"PK\x03\x04"  # how torch.load recognises its zip format
 # What a message may keep: its own line structure (progress bars redraw with \r).
 _LAYOUT = {"\n", "\r", "\t"}
+
+ZIP_LOCAL_HEADER = b"PK\x03\x04"  # how torch.load recognises its zip format
 
 
 def _escape(char: str) -> str:
@@ -130,8 +131,8 @@ def open_regular_file(path: Path, max_bytes: int) -> Iterator[BinaryIO]:
     """path opened for reading once it is known to be a regular file of at most max_bytes.
 
     The open does not block and the checks come before any read, so a FIFO, a device (such
-    as a link to /dev/zero) or a huge sparse file raises ValueError instead of hanging or
-    filling memory.
+    as a link to /dev/zero) or a huge sparse file raises UnsafeFile (a ValueError) instead
+    of hanging or filling memory.
     """
     with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as stream:
         status = os.fstat(stream.fileno())

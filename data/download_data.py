@@ -695,8 +695,9 @@ def write_prepared(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        prog="download_data.py",
         description="Prepare CIFAR-10 or CIFAR-100 as PNG images and train/valid/test JSON "
-        "manifests."
+        "manifests.",
     )
     parser.add_argument(
         "--dataset",

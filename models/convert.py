@@ -92,7 +92,8 @@ def unwrap(checkpoint: object) -> dict[str, torch.Tensor]:
         )
     ):
         raise ConversionError(
-            "not a FishNet checkpoint: no dict of names to dense tensors, bare or as 'state_dict'"
+            "not a FishNet checkpoint: no dict of names to tensors (dense ones), bare or as "
+            "'state_dict'"
         )
     return {key.removeprefix("module."): value for key, value in state.items()}
 

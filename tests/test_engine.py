@@ -75,7 +75,8 @@ def test_identity_init_starts_at_the_uniform_loss():
 def test_state_round_trip_restores_every_part():
     _, model, loader, step, scheduler, state = tiny_run("--ema", "0.9")
     run_epoch(loader, step, scheduler, 0)
-    state.history, state.epoch, state.best_valid_top1 = [{"epoch": 1}], 1, 12.5
+    history = [{"epoch": 1, "elapsed": 3.5}]
+    state.history, state.epoch, state.best_valid_top1 = history, 1, 12.5
     saved = state.state_dict()
     _, model2, _, _, _, state2 = tiny_run("--ema", "0.9")
     state2.load_state_dict(saved)
@@ -83,8 +84,39 @@ def test_state_round_trip_restores_every_part():
         assert torch.equal(tensor, model2.state_dict()[key]), key
     for key, tensor in state.ema.module.state_dict().items():
         assert torch.equal(tensor, state2.ema.module.state_dict()[key]), key
-    assert (state2.epoch, state2.best_valid_top1, state2.history) == (1, 12.5, [{"epoch": 1}])
+    assert (state2.epoch, state2.best_valid_top1, state2.history) == (1, 12.5, history)
     assert state2.scheduler.state_dict() == state.scheduler.state_dict()
+
+
+def _stopped_in_epoch_two(state: dict, step: int = 1, epoch: int = 1, samples: int = 32) -> dict:
+    return {
+        "loaders": [{"epoch": epoch, "step": step, "augment_rng": None}],
+        "progress": {"lr": 0.1, "totals": torch.zeros(3), "samples": samples, "seconds": 1.0},
+    }
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda s: s.update(history=[{"epoch": 1}]), "one row of numbers per epoch"),
+        (lambda s: s.update(history=[{"epoch": 2, "elapsed": 1.0}]), "one row of numbers"),
+        (lambda s: s["scheduler"].update(last_epoch="3"), "scheduler.last_epoch is str"),
+        (lambda s: s.update(partial={**_stopped_in_epoch_two(s), "progress": "0.1"}), "string"),
+        (lambda s: s.update(partial=_stopped_in_epoch_two(s, epoch=5)), "in epoch 5, not 1"),
+        (lambda s: s.update(partial=_stopped_in_epoch_two(s, samples=0)), "0 images counted"),
+    ],
+    ids=["row without time", "rows out of order", "scheduler", "sums", "loader", "no images"],
+)
+def test_a_resume_state_of_the_wrong_kind_is_refused_before_any_step(damage, message):
+    """Parts that load_state_dict would take as they are, and that would fail steps or an
+    epoch later, losing the work in between."""
+    _, _, loader, step, scheduler, state = tiny_run()
+    run_epoch(loader, step, scheduler, 0)
+    state.history, state.epoch = [{"epoch": 1, "elapsed": 3.5}], 1
+    saved = state.state_dict()
+    damage(saved)
+    with pytest.raises((TypeError, ValueError), match=message):
+        tiny_run()[-1].load_state_dict(saved)
 
 
 def test_optimizer_state_of_another_shape_is_refused():

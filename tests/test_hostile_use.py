@@ -18,7 +18,12 @@ import torch
 from conftest import REPO_ROOT, SMALL, one_line_error, run_script, write_synthetic_source
 from PIL import Image
 
+import ablate
+import bench
+import training.options
+from data import download_data
 from dataloader import DataError, load_split, read_manifest
+from training.cli import UserError
 from utils import UnsafeFile, load_torch_file, printable
 
 ESCAPES = "\x1b[2J\x1b]0;owned\x07"  # clear the screen, retitle the terminal
@@ -129,21 +134,30 @@ def test_an_image_replaced_in_place_invalidates_the_cache(synthetic_cifar10_dir,
 # -- work replaced without asking --------------------------------------------------------------
 
 
+def refused(command, *argv) -> str:
+    """The one-line error of ablate.py's or bench.py's checks, in-process: they come before
+    any run starts (whole commands turn it into one line and exit status 2, as tested
+    elsewhere)."""
+    with pytest.raises(UserError) as error:
+        command(list(map(str, argv)))
+    return str(error.value)
+
+
 def test_no_command_replaces_a_run_unasked(finished_run, synthetic_cifar10_dir, tmp_path):
     run = shutil.copytree(finished_run, tmp_path / "run")
     before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt")}
     data = ["--data", synthetic_cifar10_dir, *SMALL, "--epochs", "1"]
-    tta = run_script("bench.py", "tta", "--out", run, "--targets", "50", *data)
-    one_line_error(tta, str(run), "already holds a run", "--overwrite", "--resume")
+    tta = refused(bench.main, "tta", "--out", run, "--targets", "50", *data)
+    assert str(run) in tta and "already holds a run" in tta and "--overwrite" in tta
     shutil.copytree(run, tmp_path / "report" / "cpu-seed1")
-    report = run_script("bench.py", "report", "--presets", "cpu", "--seeds", "0", "1", "--out",
-                        tmp_path / "report", *data)  # fmt: skip
-    one_line_error(report, "cpu-seed1", "already holds a run")
+    report = refused(bench.main, "report", "--presets", "cpu", "--seeds", "0", "1", "--out",
+                     tmp_path / "report", *data)  # fmt: skip
+    assert "cpu-seed1 already holds a run" in report
     assert not (tmp_path / "report" / "cpu-seed0").exists()  # refused before the first run
     shutil.copytree(run, tmp_path / "runs" / "baseline")
-    ablation = run_script("ablate.py", "--variants", "baseline", "--out", tmp_path / "runs",
-                          *data)  # fmt: skip
-    one_line_error(ablation, "baseline", "already holds a run")
+    ablation = refused(ablate.parse_args, "--variants", "baseline", "--out", tmp_path / "runs",
+                       *data)  # fmt: skip
+    assert "baseline already holds a run" in ablation
     # train.py keeps a lone best.pt too (a folder whose last.pt was moved away).
     (run / "last.pt").rename(tmp_path / "moved.pt")
     one_line_error(run_script("train.py", "--out", run, *data), "best.pt", "--overwrite")
@@ -159,9 +173,9 @@ def test_outputs_are_checked_before_any_work(finished_run, synthetic_cifar10_dir
     ablation = run_script("ablate.py", "--variants", "baseline", "--out", tmp_path / "runs",
                           "--table", a_folder, *data)  # fmt: skip
     one_line_error(ablation, "--table", "a folder")
-    report = run_script("bench.py", "report", "--presets", "cpu", "--seeds", "0", "--out",
-                        tmp_path / "report", "--figures", a_file, *data)  # fmt: skip
-    one_line_error(report, "--figures", "not a folder")
+    report = refused(bench.main, "report", "--presets", "cpu", "--seeds", "0", "--out",
+                     tmp_path / "report", "--figures", a_file, *data)  # fmt: skip
+    assert "--figures" in report and "not a folder" in report
     evaluation = run_script("eval.py", finished_run / "best.pt", "--out", a_file / "x")
     one_line_error(evaluation, "--out", "is a file, not a folder")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "report").exists()
@@ -170,12 +184,12 @@ def test_outputs_are_checked_before_any_work(finished_run, synthetic_cifar10_dir
     # Outputs that name a checkpoint, another run's figures or the command's own input.
     run = shutil.copytree(finished_run, tmp_path / "run")
     before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
-    ablation = run_script("ablate.py", "--variants", "baseline", "--out", tmp_path / "runs",
-                          "--table", run / "best.pt", *data)  # fmt: skip
-    one_line_error(ablation, "--table", "best.pt", "is not a text file")
-    report = run_script("bench.py", "report", "--presets", "cpu", "--seeds", "0", "--out",
-                        tmp_path / "report", "--figures", run, *data)  # fmt: skip
-    one_line_error(report, "--figures", "holds a run")
+    ablation = refused(ablate.parse_args, "--variants", "baseline", "--out", tmp_path / "runs",
+                       "--table", run / "best.pt", *data)  # fmt: skip
+    assert "--table" in ablation and "best.pt: exists and is not a text file" in ablation
+    report = refused(bench.main, "report", "--presets", "cpu", "--seeds", "0", "--out",
+                     tmp_path / "report", "--figures", run, *data)  # fmt: skip
+    assert "--figures" in report and "holds a run" in report
     image = run / "acc.png"
     drawn = subprocess.run(
         [sys.executable, "-m", "tools.visualize", run / "best.pt", image, "--out", image],
@@ -205,7 +219,7 @@ def slow_validation_data(tmp_path_factory) -> Path:
 def test_sigterm_during_validation_saves_the_trained_epoch(slow_validation_data, tmp_path):
     out = tmp_path / "run"
     flags = ["--data", slow_validation_data, "--out", out, "--model", "fishnet99", "--width",
-             "0.5", "--batch-size", "8", "--train-subset", "8", "--epochs", "2", "--device",
+             "0.5", "--batch-size", "8", "--train-subset", "8", "--epochs", "1", "--device",
              "cpu"]  # fmt: skip
     training = start("train.py", *flags)
     wait_for(training, b"valid after epoch 1")
@@ -225,15 +239,14 @@ def test_sigterm_during_validation_saves_the_trained_epoch(slow_validation_data,
     resumed = run_script("train.py", *flags, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "at epoch 1, its evaluation" in resumed.stdout
-    history = torch.load(out / "last.pt", weights_only=True)["history"]
-    assert [row["epoch"] for row in history] == [1, 2]
-    assert [row["train_samples"] for row in history] == [8, 8]
+    (row,) = torch.load(out / "last.pt", weights_only=True)["history"]
+    assert (row["epoch"], row["train_samples"]) == (1, 8) and "valid_top1" in row
 
 
 def test_ablate_passes_a_stop_on_and_resumes(synthetic_cifar10_dir, tmp_path):
     out = tmp_path / "runs"
     flags = ["--variants", "baseline", "--out", out, "--data", synthetic_cifar10_dir, *SMALL,
-             "--batch-size", "4", "--epochs", "2"]  # fmt: skip
+             "--batch-size", "4", "--train-subset", "32", "--epochs", "2"]  # fmt: skip
     ablation = start("ablate.py", *flags)
     wait_for(ablation, b"steps per epoch")
     time.sleep(1)
@@ -245,8 +258,6 @@ def test_ablate_passes_a_stop_on_and_resumes(synthetic_cifar10_dir, tmp_path):
     saved = torch.load(out / "baseline" / "last.pt", weights_only=True)
     assert saved["partial"] is not None or saved["epoch"] < 2
 
-    again = run_script("ablate.py", *flags)
-    one_line_error(again, "already holds a run")
     resumed = run_script("ablate.py", *flags, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert torch.load(out / "baseline" / "last.pt", weights_only=True)["epoch"] == 2
@@ -376,29 +387,45 @@ def test_names_reach_the_terminal_as_plain_text(synthetic_cifar10_dir, tmp_path)
     assert "\x1b" not in result.stderr
 
 
+PARSERS = {
+    "train.py": training.options.parse_args,
+    "bench.py": bench.main,
+    "ablate.py": ablate.parse_args,
+    "download_data.py": download_data.parse_args,
+}
+
+
 @pytest.mark.parametrize(
     ("command", "message"),
     [
         (["bench.py", "data", "--seconds", "inf"], "--seconds: must be a positive finite"),
         (["bench.py", "data", "--workers", "100000"], "--workers: must be at most 64"),
+        (["bench.py", "data", "--batch-size", "99999999999999999999"], "--batch-size: must be"),
         (["bench.py", "train", "--model", "fishnet42"], "bench.py train: error: argument --model"),
-        (["bench.py", "tta", "--epochz", "3"], "bench.py: error: unrecognized arguments: --epochz"),
-        (["ablate.py", "--epochz", "3"], "ablate.py: error: unrecognized arguments: --epochz"),
+        (["bench.py", "tta", "--epochz", "3"], "unrecognized arguments: --epochz 3 (among the"),
+        (["bench.py", "tta", "--split", "valid", "--train-on-all"], "--split valid: --train-on"),
+        (["bench.py", "report", "--seeds", "0", "0"], "--seeds names one twice"),
+        (["ablate.py", "--epochz", "3"], "unrecognized arguments: --epochz 3 (among the flags"),
         (["train.py", "--seed", "99999999999999999999"], "--seed: must be at most"),
         (["train.py", "--lr", "nan"], "--lr: must be a positive finite"),
         (["train.py", "--width", "64"], "--width: must be at most 4"),
         (["train.py", "--epochs", "100000000"], "--epochs: must be at most 10,000"),
         (["train.py", "--momentum", "1.5"], "--momentum"),
-        (["bench.py", "data", "--batch-size", "99999999999999999999"], "--batch-size: must be"),
-        (["bench.py", "report", "--seeds", "0", "0"], "--seeds names one twice"),
-        (["bench.py", "tta", "--split", "valid", "--train-on-all"], "--split valid: --train-on"),
-        (["data/download_data.py", "--seed", "99999999999999999999"], "--seed must be between"),
+        (["download_data.py", "--seed", "99999999999999999999"], "--seed must be between"),
     ],
 )
-def test_numeric_flags_are_bounded_and_named_by_their_program(command, message):
-    result = run_script(*command)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert message in result.stderr.splitlines()[-1], result.stderr
+def test_numeric_flags_are_bounded_and_named_by_their_program(command, message, capsys):
+    """Each program's parser in-process (the tests of whole commands show that run_cli
+    turns a UserError into the same one line)."""
+    program, *argv = command
+    with pytest.raises((SystemExit, UserError)) as refused:
+        PARSERS[program](argv)
+    if refused.type is SystemExit:
+        assert refused.value.code == 2
+        error = capsys.readouterr().err.splitlines()[-1]
+    else:
+        error = f"{program}: error: {refused.value}"
+    assert error.startswith(f"{program}") and message in error, error
 
 
 def test_a_warmup_of_nearly_the_whole_run_leaves_the_schedule_a_step():
