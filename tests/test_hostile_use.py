@@ -101,6 +101,35 @@ def test_torch_files_cannot_inflate_beyond_their_size(tmp_path):
         load_torch_file(declares_more, 1 << 20)
 
 
+def test_a_legacy_file_with_a_zip_directory_appended_is_still_checked(tmp_path):
+    """torch tells its formats apart by the first bytes, zipfile by the end of the file."""
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.zeros(5)}, legacy, _use_new_zipfile_serialization=False)
+    content = legacy.read_bytes().replace(b"K\x05N", b"J" + (2**30).to_bytes(4, "little") + b"N")
+    legacy.write_bytes(content + b"PK\x05\x06" + bytes(18))  # an empty zip's directory
+    assert zipfile.is_zipfile(legacy)
+    with pytest.raises(UnsafeFile, match="declares 4,294,967,296 bytes"):
+        load_torch_file(legacy, 1 << 20)
+
+
+def test_crafted_state_dicts_are_conversion_errors():
+    from models.convert import ConversionError, convert_state_dict, unwrap
+
+    bias = torch.zeros(10)
+    state = {"fish.fish.9.4.1.bias": bias, "fish.fish.0.0.x": torch.zeros(2)}
+    with pytest.raises(ConversionError, match="not a tensor of a bottleneck"):
+        convert_state_dict(state, "fishnet99")
+    with pytest.raises(ConversionError, match="dense"):
+        unwrap({"state_dict": {"w": torch.zeros(3).to_sparse()}})
+
+
+def test_a_stop_while_a_dataset_is_put_in_place_waits_for_it():
+    with download_data.stops_deferred() as stops:
+        os.kill(os.getpid(), signal.SIGTERM)  # would raise Stopped outside the block
+        os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt
+    assert stops == [signal.SIGTERM, signal.SIGINT]
+
+
 def test_readers_refuse_an_inflating_checkpoint(finished_run, tmp_path):
     bomb = deflated_copy(finished_run / "best.pt", tmp_path / "bomb.pt")
     image = tmp_path / "cat.png"
