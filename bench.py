@@ -35,7 +35,7 @@ from dataloader import (
     read_classes,
 )
 from models import build_model, count_macs, model_names
-from training.checkpoint import CHECKPOINT_FILES, refuse_existing_run
+from training.checkpoint import checkpoints_in, refuse_existing_run
 from training.cli import (
     Ended,
     HelpFormatter,
@@ -366,7 +366,7 @@ def bench_report(args: argparse.Namespace) -> None:
     check_output_file(args.out / "results.md", "--out", kind="text")
     figures = args.figures or args.out
     check_output_folder(figures, "--figures")
-    kept = [name for name in CHECKPOINT_FILES if (figures / name).exists()]
+    kept = checkpoints_in(figures)
     if kept:
         raise UserError(
             f"--figures {figures}: holds a run ({', '.join(kept)}); name another folder"

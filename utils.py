@@ -16,7 +16,7 @@ import stat
 import sys
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -45,23 +45,19 @@ def _is_unsafe(char: str) -> bool:
     return code < 0x20 or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF or code in _BIDI_CONTROLS
 
 
+def _escaped(text: str, keep: frozenset[str] | set[str] = frozenset()) -> str:
+    if not any(_is_unsafe(char) for char in text):
+        return text
+    return "".join(
+        _escape(char) if _is_unsafe(char) and char not in keep else char for char in text
+    )
+
+
 def printable(text: object) -> str:
     """``str(text)`` with every character a terminal would act on written as an escape
     (``\\x1b``, ``\\xe9`` for an undecodable byte, ``\\u202e``), newlines and tabs too: a
     file or class name shown with it is one line of plain text."""
-    text = str(text)
-    if not any(_is_unsafe(char) for char in text):
-        return text
-    return "".join(_escape(char) if _is_unsafe(char) else char for char in text)
-
-
-def _printable_message(text: str) -> str:
-    """Like :func:`printable`, but keeping newlines, tabs and carriage returns."""
-    if not any(_is_unsafe(char) for char in text):
-        return text
-    return "".join(
-        _escape(char) if _is_unsafe(char) and char not in _LAYOUT else char for char in text
-    )
+    return _escaped(str(text))
 
 
 class PrintableStream:
@@ -75,7 +71,7 @@ class PrintableStream:
 
     def write(self, text: str) -> int:
         try:
-            self.stream.write(_printable_message(text))
+            self.stream.write(_escaped(text, keep=_LAYOUT))
         except BrokenPipeError:
             self._reader_gone()
         return len(text)
@@ -104,6 +100,33 @@ def make_output_printable() -> None:
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, PrintableStream):
             setattr(sys, name, PrintableStream(stream))
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers send
+
+
+@contextlib.contextmanager
+def stop_signals_to(handler: Callable[[int], object]) -> Iterator[None]:
+    """Inside the block, Ctrl-C and SIGTERM call ``handler(signum)`` instead of stopping the
+    program; the handlers before it are back after it."""
+    previous = {
+        signum: signal.signal(signum, lambda signum, frame: handler(signum))
+        for signum in STOP_SIGNALS
+    }
+    try:
+        yield
+    finally:
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)
+
+
+def file_in_the_way(folder: Path) -> Path | None:
+    """The nearest existing path at or above ``folder`` if it is a file (the folder cannot
+    be made there), else None."""
+    for path in (Path(folder), *Path(folder).parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
 
 
 def end_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:

@@ -70,10 +70,12 @@ from dataloader.manifests import (
 )
 from utils import (
     end_with_parent,
+    file_in_the_way,
     make_output_printable,
     one_line,
     printable,
     read_regular_file,
+    stop_signals_to,
 )
 
 EXIT_BAD_SOURCE = 2
@@ -223,15 +225,8 @@ def stops_deferred() -> Iterator[list[int]]:
     stop half-way through putting the new dataset in place would leave the old one beside
     it, or half of it removed."""
     received: list[int] = []
-    previous = {
-        signum: signal.signal(signum, lambda signum, frame: received.append(signum))
-        for signum in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
+    with stop_signals_to(received.append):
         yield received
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def worker_signals(parent: int) -> None:
@@ -608,9 +603,9 @@ def prepare(
         "seed": seed,
         "resize": resize,
     }
-    for folder in (out, *out.parents):
-        if folder.exists() and not folder.is_dir():
-            raise SourceError(f"--out {out}: {folder} is a file, not a folder")
+    in_the_way = file_in_the_way(out)
+    if in_the_way is not None:
+        raise SourceError(f"--out {out}: {in_the_way} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with claim(out, spec):
         if is_prepared(dataset_dir, stamp):

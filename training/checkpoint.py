@@ -44,11 +44,16 @@ CHECKPOINT_VERSION = 1
 MAX_CHECKPOINT_BYTES = 4 << 30
 
 
+def checkpoints_in(folder: Path) -> list[str]:
+    """The names of the checkpoints (:data:`CHECKPOINT_FILES`) that ``folder`` holds."""
+    return [name for name in CHECKPOINT_FILES if (Path(folder) / name).exists()]
+
+
 def refuse_existing_run(folder: Path) -> None:
     """A UserError if ``folder`` holds a run (a checkpoint): only --resume or --overwrite
     may touch it. A folder whose run ended before its first checkpoint holds nothing to
     keep."""
-    kept = [name for name in CHECKPOINT_FILES if (Path(folder) / name).exists()]
+    kept = checkpoints_in(folder)
     if kept:
         raise UserError(
             f"{folder} already holds a run ({', '.join(kept)}); pass --resume to continue it, "

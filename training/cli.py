@@ -15,9 +15,13 @@ from pathlib import Path
 
 from dataloader import DataError
 from dataloader.images import ImageError
-from utils import end_with_parent, make_output_printable, printable
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from utils import (
+    end_with_parent,
+    file_in_the_way,
+    make_output_printable,
+    printable,
+    stop_signals_to,
+)
 
 
 class UserError(Exception):
@@ -184,12 +188,10 @@ def check_output_file(
 
 def check_output_folder(folder: Path, flag: str, shown: Path | None = None) -> None:
     """Refuses, before any work, an output folder that is a file or lies inside one."""
-    shown = shown if shown is not None else folder
-    for ancestor in (Path(folder), *Path(folder).parents):
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise UserError(f"{flag} {shown}: {ancestor} is a file, not a folder")
-            return
+    in_the_way = file_in_the_way(folder)
+    if in_the_way is not None:
+        shown = shown if shown is not None else folder
+        raise UserError(f"{flag} {shown}: {in_the_way} is a file, not a folder")
 
 
 def run_child(command: Sequence[str]) -> int:
@@ -208,16 +210,12 @@ def run_child(command: Sequence[str]) -> int:
         preexec_fn=functools.partial(end_with_parent, os.getpid()),
     )
 
-    def pass_on(signum: int, frame) -> None:
+    def pass_on(signum: int) -> None:
         received.append(signum)
         child.send_signal(signum)
 
-    previous = {signum: signal.signal(signum, pass_on) for signum in STOP_SIGNALS}
-    try:
+    with stop_signals_to(pass_on):
         status = child.wait()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     if received:
         raise Ended(128 + received[0], f"stopped by {signal.Signals(received[0]).name}")
     return status
