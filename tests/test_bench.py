@@ -2,12 +2,8 @@
 
 import re
 
-import pytest
-import torch
 from conftest import run_script
 
-from models import build_model
-from training.engine import compile_step
 from training.options import parse_args as parse_train_args
 
 CPU_SMALL = ["--width", "0.25", "--device", "cpu"]
@@ -41,16 +37,6 @@ def test_bench_tta_reports_the_time_to_each_target(synthetic_cifar10_dir, tmp_pa
 def test_bench_rejects_unknown_flags():
     result = run_script("bench.py", "train", "--lr", "0.1")
     assert result.returncode == 2 and "unrecognized arguments: --lr 0.1" in result.stderr
-
-
-def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
-    def unavailable(*args, **kwargs):
-        raise RuntimeError("Dynamo is not supported on this Python")
-
-    monkeypatch.setattr(torch, "compile", unavailable)
-    model = build_model("fishnet99", width=0.25)
-    with pytest.warns(UserWarning, match="running eagerly"):
-        assert compile_step(model, None) is model
 
 
 def test_presets_set_defaults_that_flags_override():

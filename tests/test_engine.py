@@ -12,13 +12,13 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from dataloader import DeviceLoader
 from models import build_model
 from training.cli import UserError
+from training.ema import ExponentialMovingAverage
 from training.engine import (
     EpochProgress,
     Interrupted,
     StopRequest,
     TrainState,
     TrainStep,
-    moving_average,
     train_one_epoch,
 )
 from training.metrics import evaluate
@@ -40,7 +40,7 @@ def tiny_run(*flags: str, images: int = 80, batch: int = 32, compiled=False, bac
                           drop_last=True, seed=0)  # fmt: skip
     optimizer = make_optimizer(args, model, CPU)
     scheduler = make_scheduler(args, optimizer, len(loader))
-    ema = moving_average(model, args.ema) if args.ema is not None else None
+    ema = ExponentialMovingAverage(model, args.ema) if args.ema is not None else None
     step = TrainStep(model, optimizer, nn.CrossEntropyLoss(), CPU, "off", ema=ema,
                      compiled=compiled, compile_backend=backend)  # fmt: skip
     return args, model, loader, step, scheduler, TrainState(model, optimizer, scheduler,

@@ -3,21 +3,22 @@
 train.py strings them together; bench.py times the step; tests drive them in-process.
 """
 
+import copy
 import os
 import random
 import signal
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from training.cli import UserError, first_line
+from training.cli import UserError
+from training.compilation import COMPILE_ERRORS, CompileWatch, compile_function
 from training.distributed import all_reduce_sum, is_main_process, log
+from training.ema import ExponentialMovingAverage
 from training.metrics import count_topk_correct
 from training.precision import autocast, grad_scaler
 
@@ -56,21 +57,8 @@ class StopRequest:
         tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint after this step")
 
 
-def compile_step(function, mode: str | None, backend="inductor"):
-    """torch.compile with static shapes (every training step has the same), or the
-    function itself with a warning where compilation is unavailable.
-
-    Compilation is lazy: errors in the first step fall back to eager execution per graph
-    (suppress_errors) instead of ending the run.
-    """
-    torch._dynamo.config.suppress_errors = True
-    try:
-        return torch.compile(function, mode=mode, dynamic=False, backend=backend)
-    except Exception as error:
-        warnings.warn(
-            f"torch.compile is unavailable ({first_line(error)}); running eagerly", stacklevel=2
-        )
-        return function
+# The start of the message of an operation that has no deterministic kernel on a device.
+NOT_DETERMINISTIC = "does not have a deterministic implementation"
 
 
 class TrainStep:
@@ -79,7 +67,8 @@ class TrainStep:
     The forward pass and loss (with the top-k hits, so the logits never leave the graph)
     may be compiled; ``compile_mode="reduce-overhead"`` replays them as CUDA graphs, whose
     outputs are read before the next step overwrites them. The optimizer is a fused one,
-    outside the graph, so the learning rate may change every step.
+    outside the graph, so the learning rate may change every step. What compilation did is
+    in ``compile_watch``; if it fails, the step says so once and runs eagerly.
     """
 
     def __init__(
@@ -90,7 +79,7 @@ class TrainStep:
         device: torch.device,
         amp: str,
         *,
-        ema: AveragedModel | None = None,
+        ema: ExponentialMovingAverage | None = None,
         compile_mode: str | None = None,
         compiled: bool = False,
         compile_backend="inductor",
@@ -98,12 +87,20 @@ class TrainStep:
         self.model, self.optimizer, self.criterion = model, optimizer, criterion
         self.device, self.amp, self.ema = device, amp, ema
         self.scaler = grad_scaler(device, amp)
-        self.compiled = compiled
-        self.forward = (
-            compile_step(self.forward_loss, compile_mode, compile_backend)
-            if compiled
-            else self.forward_loss
-        )
+        self.compile_mode = compile_mode
+        self.compile_watch = CompileWatch() if compiled else None
+        self.compile_reported = False
+        self.forward = self.forward_loss
+        if compiled:
+            try:
+                self.forward = compile_function(self.forward_loss, compile_mode, compile_backend)
+            except Exception as error:  # torch.compile unavailable (e.g. this Python)
+                self.compile_watch.failed(error)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the step runs compiled (asked for, and not fallen back to eager)."""
+        return self.compile_watch is not None and self.compile_watch.failure is None
 
     def forward_loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         with autocast(self.device, self.amp):
@@ -111,23 +108,70 @@ class TrainStep:
             loss = self.criterion(logits, labels)
         return loss, count_topk_correct(logits.detach(), labels)
 
-    def __call__(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """(float32 loss, top-1 and top-5 hits), both detached and on the device."""
+    def _forward_backward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()
         loss, hits = self.forward(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        return loss, hits
+
+    def __call__(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(float32 loss, top-1 and top-5 hits), both detached and on the device."""
+        try:
+            loss, hits = self._forward_backward(images, labels)
+        except COMPILE_ERRORS as error:
+            if not self.compiled:
+                raise
+            # Nothing has been updated yet: the same step runs again, eagerly.
+            self.compile_watch.failed(error)
+            self.forward = self.forward_loss
+            if self.compile_reported:
+                log("\n".join(self.compile_watch.outcome().describe(cudagraphs=False)))
+            loss, hits = self._forward_backward(images, labels)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
-            self.ema.update_parameters(self.model)
+            self.ema.update()
         return loss.detach().float(), hits
 
+    def report_compilation(self) -> None:
+        """Prints what compilation did so far (after the start-up steps)."""
+        if self.compile_watch is not None:
+            cudagraphs = self.compile_mode == "reduce-overhead" and self.device.type == "cuda"
+            log("\n".join(self.compile_watch.outcome().describe(cudagraphs)))
+            self.compile_reported = True
 
-def moving_average(model: nn.Module, decay: float) -> AveragedModel:
-    """An exponential moving average of the weights and the batch-norm statistics."""
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+def check_deterministic(
+    model: nn.Module, criterion: nn.Module, device: torch.device, amp: str, channels_last: bool
+) -> None:
+    """For --deterministic: one forward and backward pass of a copy of the model on two
+    random images, so that an operation without a deterministic kernel on this device is a
+    one-line UserError before training instead of a traceback at its first step."""
+    probe = copy.deepcopy(model).train()
+    # A generator of its own: the probe leaves the run's random numbers as they were.
+    generator = torch.Generator(device=device).manual_seed(0)
+    images = torch.randn(2, 3, 32, 32, device=device, generator=generator)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    try:
+        with autocast(device, amp):
+            loss = criterion(probe(images), torch.zeros(2, dtype=torch.int64, device=device))
+        loss.backward()
+    except RuntimeError as error:
+        raise_if_not_deterministic(error, device)
+        raise
+
+
+def raise_if_not_deterministic(error: RuntimeError, device: torch.device) -> None:
+    """The one-line UserError for an operation that --deterministic cannot run."""
+    if NOT_DETERMINISTIC in str(error):
+        operation = str(error).split()[0]
+        raise UserError(
+            f"--deterministic: {operation} has no deterministic implementation on "
+            f"{device.type}; train without --deterministic"
+        ) from None
 
 
 @dataclass
@@ -258,7 +302,7 @@ def train_one_epoch(
                 first_nonfinite, torch.where(torch.isfinite(loss), NO_STEP, index)
             )
             if clock is not None:
-                _time_the_run(clock, progress, device, len(loader))
+                _time_the_run(clock, progress, step, len(loader))
             # Ranks decide together, at the same steps, so none waits for the others forever.
             at_check = index % PROGRESS_EVERY == 0 or index == len(loader) - 1
             if at_check or (stop.signal and not dist.is_initialized()):
@@ -282,13 +326,17 @@ def train_one_epoch(
             f"out of GPU memory at --batch-size {loader.batch_size}; "
             f"try --batch-size {max(1, loader.batch_size // 2)}"
         ) from None
+    except RuntimeError as error:
+        raise_if_not_deterministic(error, device)
+        raise
     finally:
         bar.close()
     progress.seconds += time.perf_counter() - started
     return progress
 
 
-def _time_the_run(clock: EpochClock, progress: EpochProgress, device, steps: int) -> None:
+def _time_the_run(clock: EpochClock, progress: EpochProgress, step: TrainStep, steps: int) -> None:
+    device = step.device
     clock.steps_done += 1
     if clock.steps_done == STARTUP_STEPS:
         _synchronize(device)
@@ -298,6 +346,7 @@ def _time_the_run(clock: EpochClock, progress: EpochProgress, device, steps: int
             f"start-up: the first {STARTUP_STEPS} steps took {progress.startup_seconds:.1f} s "
             "(compilation, CUDA-graph capture and autotuning happen there)"
         )
+        step.report_compilation()
     elif clock.steps_done == STARTUP_STEPS + ESTIMATE_AFTER:
         _synchronize(device)
         per_step = (time.perf_counter() - clock.steady_from) / ESTIMATE_AFTER
@@ -316,7 +365,9 @@ class TrainState:
     scaler and moving average, the history, the best score, the random generators and the
     position in an interrupted epoch. ``state_dict()`` gives the checkpoint's keys."""
 
-    def __init__(self, model, optimizer, scheduler, scaler, ema: AveragedModel | None) -> None:
+    def __init__(
+        self, model, optimizer, scheduler, scaler, ema: ExponentialMovingAverage | None
+    ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.scaler, self.ema = scaler, ema
         self.history: list[dict] = []
@@ -342,7 +393,7 @@ class TrainState:
         }
         if self.ema is not None:
             state["ema_state_dict"] = self.ema.module.state_dict()
-            state["ema_updates"] = self.ema.n_averaged
+            state["ema_updates"] = self.ema.updates
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -354,13 +405,15 @@ class TrainState:
         # load_state_dict sets whatever it is given; a wrong value would fail steps later.
         _check_same_layout(self.scheduler.state_dict(), state["scheduler"], "scheduler")
         self.scheduler.load_state_dict(state["scheduler"])
-        if "scaler" in state:  # checkpoints from before fp16 training have none
+        # --amp may change on resume (auto picks fp16 on older GPUs): a run saved without a
+        # gradient scaler (bf16, fp32; or before fp16 training existed) starts a fresh one,
+        # and a scaler saved by an fp16 run is not needed by a bf16 or fp32 one.
+        if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
-            if "ema_state_dict" not in state:
-                raise KeyError("ema_state_dict")
-            self.ema.module.load_state_dict(state["ema_state_dict"])
-            self.ema.n_averaged.copy_(state["ema_updates"])
+            self.ema.load_state_dict(
+                {"state_dict": state["ema_state_dict"], "updates": state["ema_updates"]}
+            )
         if not isinstance(state["history"], list) or not isinstance(state["epoch"], int):
             raise TypeError("history must be a list and epoch a whole number")
         if len(state["history"]) != state["epoch"] or not all(
