@@ -65,6 +65,7 @@ def evaluate(
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros(2 * len(TOPK), device=device, dtype=torch.int64)
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
+    one = torch.ones((), device=device, dtype=torch.int64)
     batches = tqdm(
         loader,
         desc=desc,
@@ -83,9 +84,8 @@ def evaluate(
                 correct[len(TOPK) :] += count_topk_correct(mirrored, labels)
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
         correct[: len(TOPK)] += count_topk_correct(logits, labels)
-        confusion += torch.bincount(
-            labels * num_classes + logits.argmax(1), minlength=num_classes * num_classes
-        )
+        # Not torch.bincount: on CUDA it reads the indices' min and max back to the host.
+        confusion.index_put_((labels * num_classes + logits.argmax(1),), one, accumulate=True)
     for total in (loss_sum, correct, confusion):
         all_reduce_sum(total)  # each process evaluated its own shard of the split
     confusion = confusion.view(num_classes, num_classes).cpu()
