@@ -11,12 +11,13 @@ training/options.py, the pieces of the loop in training/engine.py.
 """
 
 import argparse
+import copy
 import json
-import shutil
+import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,6 +40,7 @@ from training.distributed import (
     shutdown_distributed,
     wait_for_all_processes,
 )
+from training.ema import ExponentialMovingAverage
 from training.engine import (
     EpochClock,
     EpochProgress,
@@ -46,24 +48,28 @@ from training.engine import (
     StopRequest,
     TrainState,
     TrainStep,
-    moving_average,
+    check_deterministic,
     seed_everything,
     train_one_epoch,
 )
-from training.files import FolderLock, atomic_write, write_text
+from training.files import FolderLock, link_or_copy, write_text
 from training.metrics import EvaluationStopped, evaluate
 from training.optim import make_optimizer, make_scheduler
-from training.options import parse_args, resume_mismatches
+from training.options import DEFAULT_EVAL_BATCH_SIZE, parse_args, resume_mismatches
 from training.plots import write_history
 from training.precision import resolve_amp
 
 OUTPUT_FILES = (*CHECKPOINT_FILES, "history.json", "history.csv", "acc.png", "loss.png")
 SCORES = ("loss", "top1", "top5", "flip_top1", "flip_top5")
-# Compiling the step costs about 2 minutes the first time on a machine (seconds once
-# PyTorch's cache holds it) and saves about 40 % of every step: on one H100, FishNet-99
-# trains 7,514 images/s eagerly and 12,330 compiled with CUDA graphs (batch 512), so a
-# cold compilation pays back after about 2 million training images.
-COMPILE_PAYS_BACK_IMAGES = 2_000_000
+# Compiling the step saves about 40 % of every step: on one H100, FishNet-99 trained
+# 7,514 images/s eagerly and 12,330 compiled with CUDA graphs (batch 512, 2026-11-23), 52 us
+# per image. The first compilation on a machine took about 2 minutes there; later ones
+# read PyTorch's cache (Inductor's FX-graph and AOTAutograd caches, on by default) and take
+# seconds. Auto compiles runs that save at least 15 s that way (300,000 images: `fast`
+# trains 480,000, `accuracy` 2.4 million): the cached compilation is paid back, and a
+# first, cold one is paid once per machine and torch version, in the start-up time that
+# train.py prints and records.
+COMPILE_PAYS_BACK_IMAGES = 300_000
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,6 +151,8 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
             eval_time=eval_time,
             elapsed=run.elapsed() + progress.seconds + eval_time,
         )
+        if first and run.step.compile_watch is not None:
+            row.update(run.step.compile_watch.outcome().numbers())
         is_best = run.finish_epoch(row, data, out, main_process)
         log(describe_epoch(row, args.epochs, is_best))
     log(f"done: {run.describe_result()}; checkpoints, history and plots in {out}")
@@ -276,9 +284,11 @@ class Data:
         monitored_splits = ["test"] if args.train_on_all else ["valid"]
         if args.report_test and "test" not in monitored_splits:
             monitored_splits.append("test")
+        # Evaluation keeps no activations for a backward pass: larger batches fit.
+        eval_batch_size = args.eval_batch_size or max(args.batch_size, DEFAULT_EVAL_BATCH_SIZE)
         monitored = {
             split: DeviceLoader(
-                *load_split(args.data, split), args.batch_size, train=False, **common
+                *load_split(args.data, split), eval_batch_size, train=False, **common
             )
             for split in monitored_splits
         }
@@ -298,23 +308,47 @@ class Data:
         )
 
 
-def choose_compile(args, device: torch.device, images_per_epoch: int) -> tuple[bool, str]:
-    """Whether to compile the training step, and the line that says why."""
-    total = args.epochs * images_per_epoch
+def choose_compile(
+    args, device: torch.device, images_per_epoch: int, world_size: int
+) -> tuple[bool, str | None, str]:
+    """Whether to compile the training step, its torch.compile mode, and the line that
+    says why. What compilation then did is printed after the start-up steps."""
+    # CUDA graphs replay a single GPU's work; under torchrun DDP's gradient exchange sits
+    # between the graphs, so multi-GPU runs compile without them.
+    mode = "reduce-overhead" if device.type == "cuda" and world_size == 1 else None
+    how = "with CUDA graphs" if mode else "without CUDA graphs"
     if args.compile is not None:
-        return args.compile, f"compile: {'on' if args.compile else 'off'} (--compile given)"
+        if not args.compile:
+            return False, None, "compile: off (--no-compile given)"
+        return True, mode, f"compile: on {how} (--compile given)"
     if device.type != "cuda":
-        return False, "compile: off (auto: on CUDA only; --compile to compile on the CPU)"
+        return False, None, "compile: off (auto: on CUDA only; --compile to compile on the CPU)"
+    total = args.epochs * images_per_epoch
     if total < COMPILE_PAYS_BACK_IMAGES:
-        return False, (
-            f"compile: off (auto: {total:,} training images are fewer than the "
-            f"{COMPILE_PAYS_BACK_IMAGES:,} that pay back a first compilation; --compile to "
-            "compile anyway, worth it once PyTorch's cache holds the compiled step)"
+        return (
+            False,
+            None,
+            (
+                f"compile: off (auto: {total:,} training images are fewer than the "
+                f"{COMPILE_PAYS_BACK_IMAGES:,} that pay back a compilation; --compile to compile)"
+            ),
         )
-    return True, (
-        f"compile: on with CUDA graphs (auto: {total:,} training images pay back the "
-        "compilation, about 2 minutes the first time on this machine)"
+    return (
+        True,
+        mode,
+        (
+            f"compile: on {how} (auto: {total:,} training images pay back the compilation; "
+            f"the first one on a machine takes minutes, later ones read the cache in "
+            f"{inductor_cache_dir()} and take seconds)"
+        ),
     )
+
+
+def inductor_cache_dir() -> str:
+    """Where Inductor keeps compiled code between runs."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()
 
 
 @dataclass
@@ -329,6 +363,9 @@ class Run:
     state: TrainState
     amp: str
     compile_note: str
+    # The best epoch's checkpoint while it waits for the next save (--save-every).
+    pending_best: dict | None = None
+    last_saved: float = field(default_factory=time.monotonic)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -351,13 +388,14 @@ class Run:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         optimizer = make_optimizer(args, model, device)
         scheduler = make_scheduler(args, optimizer, len(data.train))
-        ema = moving_average(model, args.ema) if args.ema is not None else None
+        ema = ExponentialMovingAverage(model, args.ema) if args.ema is not None else None
         amp = resolve_amp(args.amp, device)
-        compiled, note = choose_compile(args, device, data.train.num_samples * world_size)
-        # CUDA graphs replay a single GPU's work; under torchrun DDP's gradient exchange
-        # sits between the graphs, so multi-GPU runs compile without them.
-        mode = "reduce-overhead" if device.type == "cuda" and world_size == 1 else None
+        compiled, mode, note = choose_compile(
+            args, device, data.train.num_samples * world_size, world_size
+        )
         criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+        if args.deterministic:
+            check_deterministic(model, criterion, device, amp, args.channels_last)
         step = TrainStep(
             distribute(model, device),
             optimizer,
@@ -387,9 +425,17 @@ class Run:
                     )
                 if not 0 <= loaders[rank]["step"] <= len(data.train):
                     raise ValueError(f"position {loaders[rank]['step']} past the epoch's end")
-                if loaders[rank]["augment_rng"] is not None:
+                saved_rng = loaders[rank]["augment_rng"]
+                if saved_rng is not None and data.train.state_from_another_device(saved_rng):
+                    log(
+                        f"--resume: {path} stopped in the middle of an epoch on another kind "
+                        f"of device than {data.train.device.type}; the rest of epoch "
+                        f"{self.state.epoch + 1} draws its augmentation anew, so it differs "
+                        "from an unbroken run's"
+                    )
+                elif saved_rng is not None:
                     generator = torch.Generator(device=data.train.device)
-                    generator.set_state(loaders[rank]["augment_rng"])
+                    generator.set_state(saved_rng)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
             raise UserError(
                 f"{path}: damaged checkpoint: cannot restore the training state "
@@ -438,7 +484,7 @@ class Run:
         progress.loss_sum, progress.top1_hits, progress.top5_hits = totals.unbind()
         self.state.partial = {"loaders": loaders, "progress": progress.state_dict()}
         if main_process:
-            save_checkpoint(self.checkpoint(data, epoch), out / "last.pt")
+            self.save(self.checkpoint(data, epoch), out, is_best=False)
             where = (
                 f"after the training of epoch {epoch + 1}, before its evaluation"
                 if data.train.step == len(data.train)
@@ -462,9 +508,14 @@ class Run:
         if score is not None:
             state.best_valid_top1 = max(state.best_valid_top1, score)
         if main_process:
-            save_checkpoint(self.checkpoint(data, state.epoch), out / "last.pt")
-            if is_best:
-                atomic_write(out / "best.pt", lambda tmp: shutil.copyfile(out / "last.pt", tmp))
+            checkpoint = self.checkpoint(data, state.epoch)
+            since_saved = time.monotonic() - self.last_saved
+            if state.epoch == self.args.epochs or since_saved >= self.args.save_every:
+                self.save(checkpoint, out, is_best)
+            elif is_best:
+                # Kept on the device (a copy there takes microseconds on a GPU) until the
+                # next save writes it beside the last.pt of that time.
+                self.pending_best = copy.deepcopy(checkpoint)
             args = self.args
             title = f"{args.model} (width {args.width}), {out.name}"
             try:
@@ -475,6 +526,17 @@ class Run:
                     "last.pt holds the epoch, resume with --resume"
                 ) from None
         return is_best
+
+    def save(self, checkpoint: dict, out: Path, is_best: bool) -> None:
+        """Writes last.pt and, with it, best.pt: a second name of the same file when this
+        is the best epoch (no copy), else the best epoch kept since the last save, if any."""
+        save_checkpoint(checkpoint, out / "last.pt")
+        if is_best:
+            link_or_copy(out / "last.pt", out / "best.pt")
+        elif self.pending_best is not None:
+            save_checkpoint(self.pending_best, out / "best.pt")
+        self.pending_best = None
+        self.last_saved = time.monotonic()
 
     def checkpoint(self, data: Data, epoch: int) -> dict:
         return {

@@ -61,6 +61,9 @@ IMAGENET_EIGVEC = (
 # the augmentation differs per rank.
 SHUFFLE_STREAM = 0
 AUGMENT_STREAM = 1
+# Bytes of a random generator's state: the CPU's Mersenne Twister, CUDA's Philox (seed and
+# offset). A mid-epoch checkpoint saved on one cannot continue on the other.
+GENERATOR_STATE_BYTES = {"cpu": 5056, "cuda": 16}
 
 
 def open_rgb(manifest: Path, image_path: Path) -> Image.Image:
@@ -417,10 +420,21 @@ class DeviceLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """The next iteration continues the epoch at `state["step"]`."""
+        """The next iteration continues the epoch at `state["step"]`. An augmentation
+        generator saved on another kind of device cannot continue here: the rest of the
+        epoch draws from a generator seeded by (seed, epoch, rank, step) instead."""
         self.epoch = state["epoch"]
         self.step = state["step"]
         self._resume = state
+
+    def state_from_another_device(self, generator_state: torch.Tensor) -> bool:
+        """Whether a saved augmentation generator state is that of another kind of device
+        than this loader's (CPU and CUDA generators keep states of different sizes)."""
+        own = torch.Generator(device=self.device).get_state().numel()
+        return (
+            generator_state.numel() != own
+            and generator_state.numel() in GENERATOR_STATE_BYTES.values()
+        )
 
     def __len__(self) -> int:
         return len(self._bounds)
@@ -445,8 +459,11 @@ class DeviceLoader:
                 count, generator=self._generator(SHUFFLE_STREAM), device=self.device
             )
             augment_generator = self._generator(AUGMENT_STREAM, self.rank)
-            if self._resume and self._resume["augment_rng"] is not None:
-                augment_generator.set_state(self._resume["augment_rng"])
+            saved = self._resume["augment_rng"] if self._resume else None
+            if saved is not None and self.state_from_another_device(saved):
+                augment_generator = self._generator(AUGMENT_STREAM, self.rank, self.step)
+            elif saved is not None:
+                augment_generator.set_state(saved)
             self._augment_generator = augment_generator
         else:
             order = torch.arange(count, device=self.device)

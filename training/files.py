@@ -2,6 +2,7 @@
 
 import fcntl
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,23 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def link_or_copy(source: Path, path: Path) -> None:
+    """``path`` becomes a second name of ``source`` (a hard link: nothing is copied), or a
+    copy where the file system has no hard links; atomically, as :func:`atomic_write`.
+
+    Files written by :func:`atomic_write` are replaced, never changed in place, so the
+    link keeps the content it was made with when ``source`` is written again."""
+
+    def link(tmp: Path) -> None:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+    atomic_write(path, link)
 
 
 def write_text(path: Path, text: str) -> None:

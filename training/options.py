@@ -92,6 +92,11 @@ MAX_WIDTH = 4.0
 MAX_EPOCHS = 10_000
 MAX_SEED = 2**32 - 1
 MAX_TIMEOUT_SECONDS = 24 * 3600
+MAX_BATCH_SIZE = 1 << 16
+# Images per evaluation batch when --eval-batch-size is not given (or the training batch
+# size, if larger): evaluation keeps no activations for a backward pass, so it fits.
+DEFAULT_EVAL_BATCH_SIZE = 1024
+DEFAULT_SAVE_EVERY_SECONDS = 60.0
 seed_number = at_most(non_negative_int, MAX_SEED)
 
 
@@ -209,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace a run already in --out"
     )
     run(
+        "--save-every",
+        type=at_most(non_negative_float, MAX_TIMEOUT_SECONDS),
+        default=DEFAULT_SAVE_EVERY_SECONDS,
+        help="seconds between checkpoints: last.pt (with best.pt) is written after the first "
+        "epoch to end this long after the previous write, after the last epoch, and when the "
+        "run is stopped (Ctrl-C, SIGTERM); 0: after every epoch",
+    )
+    run(
         "--report-test",
         action=on_off,
         default=False,
@@ -228,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=AMP_CHOICES,
         help="mixed precision; auto: bf16 on GPUs that compute it natively, fp16 with a "
         "gradient scaler on older GPUs, off on CPUs",
+    )
+    speed(
+        "--eval-batch-size",
+        type=at_most(positive_int, MAX_BATCH_SIZE),
+        default=None,
+        help=f"images per evaluation batch (none given: {DEFAULT_EVAL_BATCH_SIZE}, or "
+        "--batch-size if larger)",
     )
     speed("--channels-last", action=on_off, default=True, help="NHWC memory format")
     speed(
