@@ -17,6 +17,7 @@ from training.checkpoint import load_checkpoint, load_ready_model
 from training.cli import (
     HelpFormatter,
     UserError,
+    at_most,
     check_output_folder,
     first_line,
     positive_int,
@@ -25,6 +26,7 @@ from training.cli import (
 )
 from training.distributed import resolve_device
 from training.metrics import evaluate, per_class_accuracy
+from training.options import DEFAULT_EVAL_BATCH_SIZE, MAX_BATCH_SIZE
 from training.plots import plot_confusion
 from training.precision import AMP_CHOICES
 from utils import printable
@@ -53,7 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["valid", "test"],
         help="splits to evaluate (train: 40,000 images, minutes on a CPU)",
     )
-    add("--batch-size", type=positive_int, default=256, help="images per batch")
+    add(
+        "--batch-size",
+        type=at_most(positive_int, MAX_BATCH_SIZE),
+        default=DEFAULT_EVAL_BATCH_SIZE,
+        help="images per batch",
+    )
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add(
         "--amp",
