@@ -121,6 +121,10 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
         except Interrupted as stopped:
             run.save_interrupted(epoch, stopped, data, out, main_process, world_size)
             raise SystemExit(128 + stopped.signum) from None
+        except UserError:
+            if main_process:
+                run.save_unsaved(out)
+            raise
         started = time.perf_counter()
         row = {"epoch": epoch + 1, "lr": progress.lr, **progress.summary()}
         try:
@@ -284,8 +288,14 @@ class Data:
         monitored_splits = ["test"] if args.train_on_all else ["valid"]
         if args.report_test and "test" not in monitored_splits:
             monitored_splits.append("test")
-        # Evaluation keeps no activations for a backward pass: larger batches fit.
-        eval_batch_size = args.eval_batch_size or max(args.batch_size, DEFAULT_EVAL_BATCH_SIZE)
+        # Evaluation keeps no activations for a backward pass: larger batches fit, and on a
+        # GPU they launch fewer kernels. On a CPU they would only delay a stop (Ctrl-C,
+        # SIGTERM waits for the batch being scored).
+        eval_batch_size = args.eval_batch_size or (
+            max(args.batch_size, DEFAULT_EVAL_BATCH_SIZE)
+            if device.type == "cuda"
+            else args.batch_size
+        )
         monitored = {
             split: DeviceLoader(
                 *load_split(args.data, split), eval_batch_size, train=False, **common
@@ -363,7 +373,9 @@ class Run:
     state: TrainState
     amp: str
     compile_note: str
-    # The best epoch's checkpoint while it waits for the next save (--save-every).
+    # The last epoch's and the best epoch's checkpoints while they wait for the next save
+    # (--save-every); often one and the same.
+    unsaved: dict | None = None
     pending_best: dict | None = None
     last_saved: float = field(default_factory=time.monotonic)
 
@@ -512,15 +524,18 @@ class Run:
             since_saved = time.monotonic() - self.last_saved
             if state.epoch == self.args.epochs or since_saved >= self.args.save_every:
                 self.save(checkpoint, out, is_best)
-            elif is_best:
+            else:
                 # Kept on the device (a copy there takes microseconds on a GPU) until the
-                # next save writes it beside the last.pt of that time.
-                self.pending_best = copy.deepcopy(checkpoint)
+                # next save, or until training fails after it (save_unsaved).
+                self.unsaved = copy.deepcopy(checkpoint)
+                if is_best:
+                    self.pending_best = self.unsaved
             args = self.args
             title = f"{args.model} (width {args.width}), {out.name}"
             try:
                 write_history(state.history, out, title)
             except OSError as error:
+                self.save_unsaved(out)
                 raise UserError(
                     f"--out {out}: cannot write the history and plots ({first_line(error)}); "
                     "last.pt holds the epoch, resume with --resume"
@@ -535,8 +550,14 @@ class Run:
             link_or_copy(out / "last.pt", out / "best.pt")
         elif self.pending_best is not None:
             save_checkpoint(self.pending_best, out / "best.pt")
-        self.pending_best = None
+        self.pending_best = self.unsaved = None
         self.last_saved = time.monotonic()
+
+    def save_unsaved(self, out: Path) -> None:
+        """Writes the last epoch not yet saved, when training fails after it (a non-finite
+        loss, out of memory): last.pt and best.pt then hold the last good epochs."""
+        if self.unsaved is not None:
+            self.save(self.unsaved, out, is_best=self.pending_best is self.unsaved)
 
     def checkpoint(self, data: Data, epoch: int) -> dict:
         return {

@@ -93,8 +93,8 @@ MAX_EPOCHS = 10_000
 MAX_SEED = 2**32 - 1
 MAX_TIMEOUT_SECONDS = 24 * 3600
 MAX_BATCH_SIZE = 1 << 16
-# Images per evaluation batch when --eval-batch-size is not given (or the training batch
-# size, if larger): evaluation keeps no activations for a backward pass, so it fits.
+# Images per evaluation batch on CUDA when --eval-batch-size is not given (or the training
+# batch size, if larger): evaluation keeps no activations for a backward pass, so it fits.
 DEFAULT_EVAL_BATCH_SIZE = 1024
 DEFAULT_SAVE_EVERY_SECONDS = 60.0
 seed_number = at_most(non_negative_int, MAX_SEED)
@@ -246,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-batch-size",
         type=at_most(positive_int, MAX_BATCH_SIZE),
         default=None,
-        help=f"images per evaluation batch (none given: {DEFAULT_EVAL_BATCH_SIZE}, or "
-        "--batch-size if larger)",
+        help=f"images per evaluation batch (none given: on CUDA {DEFAULT_EVAL_BATCH_SIZE}, or "
+        "--batch-size if larger; elsewhere --batch-size)",
     )
     speed("--channels-last", action=on_off, default=True, help="NHWC memory format")
     speed(
