@@ -254,8 +254,10 @@ def bench_train(args: argparse.Namespace) -> None:
     seed_startup, _ = time_steps(seed_step, seed_batches, device, args.warmup)
     seconds, seen = time_steps(seed_step, seed_batches, device, args.steps)
     seed_rate = seen / seconds
-    # Every process measured its own rate; the totals are their sums.
-    ours_rate, seed_rate = all_reduce_sum(torch.tensor([ours_rate, seed_rate])).tolist()
+    # Every process measured its own rate; the totals are their sums. On the run's device:
+    # NCCL, which joins GPU processes, takes CUDA tensors only.
+    rates = torch.tensor([ours_rate, seed_rate], dtype=torch.float64, device=device)
+    ours_rate, seed_rate = all_reduce_sum(rates).tolist()
 
     features = ", ".join(
         ["data on the device", "channels-last"]
