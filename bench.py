@@ -54,6 +54,7 @@ from training.distributed import (
     all_reduce_sum,
     distribute,
     init_distributed,
+    is_main_process,
     log,
     resolve_device,
     shutdown_distributed,
@@ -179,6 +180,8 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 
 
 def bench_train(args: argparse.Namespace) -> None:
+    if args.json is not None:
+        check_output_file(args.json, "--json", kind="text")
     run = parse_train_args(
         [
             *("--model", args.model, "--width", str(args.width), "--data", str(args.data)),
@@ -268,17 +271,28 @@ def bench_train(args: argparse.Namespace) -> None:
     if world_size > 1:
         header += f" {'images/s per process':>21}"
     log(header)
-    for label, rate, warm in (
-        (f"this repository ({features})", ours_rate, startup),
-        (
-            f"seed-style (DataLoader + PIL, {args.workers} workers, fp32, NCHW, eager)",
-            seed_rate,
-            seed_startup,
-        ),
-    ):
+    pipelines = {
+        "this repository": {
+            "features": features,
+            "images_per_sec": ours_rate,
+            "startup_s": startup,
+        },
+        "seed-style": {
+            "features": f"DataLoader + PIL, {args.workers} workers, fp32, NCHW, eager",
+            "images_per_sec": seed_rate,
+            "startup_s": seed_startup,
+        },
+    }
+    for label, pipeline in pipelines.items():
+        rate = pipeline["images_per_sec"]
         tflops = rate * flops_per_image / 1e12
-        share = f"{100 * tflops / (peak * world_size):.1f} %" if peak else "-"
-        line = f"{label:<72} {warm:>10.1f} {rate:>10,.0f} {tflops:>8.3g} {share:>8}"
+        share = tflops / (peak * world_size) if peak else None
+        pipeline.update(tflops=tflops, fraction_of_peak=share)
+        shown = f"{100 * share:.1f} %" if share is not None else "-"
+        named = f"{label} ({pipeline['features']})"
+        line = (
+            f"{named:<72} {pipeline['startup_s']:>10.1f} {rate:>10,.0f} {tflops:>8.3g} {shown:>8}"
+        )
         if world_size > 1:
             line += f" {rate / world_size:>21,.0f}"
         log(line)
@@ -286,6 +300,20 @@ def bench_train(args: argparse.Namespace) -> None:
     if not peak:
         log("peak unknown for this device: pass --peak-tflops to see the fraction")
     log(f"ratio: {ours_rate / seed_rate:.2f}x")
+    if args.json is not None and is_main_process():
+        figures = {
+            "model": run.model,
+            "width": run.width,
+            "batch_size": run.batch_size,
+            "processes": world_size,
+            "device": name,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "peak_tflops": peak,
+            "pipelines": pipelines,
+            "ratio": ours_rate / seed_rate,
+        }
+        write_text(args.json, json.dumps(figures, indent=1) + "\n")
     shutdown_distributed()
 
 
@@ -475,6 +503,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=positive_float,
         default=None,
         help="device peak (none given: known for H100, H200, A100)",
+    )
+    training.add_argument(
+        "--json", type=Path, default=None, help="also write the figures to this JSON file"
     )
 
     tta = subcommand(
