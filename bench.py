@@ -8,6 +8,10 @@ train  training images per second and TFLOP/s of this repository's pipeline (dat
        seeds' (DataLoader with PIL transforms, fp32, NCHW, eager), same model and device
 tta    time to accuracy: trains a recipe (train.py's flags and presets) until the chosen
        split reaches each target top-1 or the time budget ends
+report the results table: presets over seeds, mean and spread of their test scores
+gpu-report
+       one machine measured in one command within a time budget: train.py --preset fast,
+       the training step at batch 512, eval.py and predict.py; OUT/report.md and the logs
 
 Speed is only compared within one run: the two pipelines run side by side.
 """
@@ -15,11 +19,15 @@ Speed is only compared within one run: the two pipelines run side by side.
 import argparse
 import datetime
 import json
+import os
+import re
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,22 +35,27 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dataloader import (
+    SPLITS,
     DeviceLoader,
     ManifestDataset,
     channel_stats,
     load_split,
     manifest_path,
+    manifest_sha256,
     read_classes,
+    read_manifest,
 )
 from models import build_model, count_macs, model_names
 from training.checkpoint import checkpoints_in, refuse_existing_run
 from training.cli import (
+    DeadlinePassed,
     Ended,
     HelpFormatter,
     UserError,
     at_most,
     check_output_file,
     check_output_folder,
+    exit_text,
     non_negative_int,
     positive_float,
     positive_int,
@@ -54,6 +67,7 @@ from training.distributed import (
     all_reduce_sum,
     distribute,
     init_distributed,
+    is_main_process,
     log,
     resolve_device,
     shutdown_distributed,
@@ -179,6 +193,8 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 
 
 def bench_train(args: argparse.Namespace) -> None:
+    if args.json is not None:
+        check_output_file(args.json, "--json", kind="text")
     run = parse_train_args(
         [
             *("--model", args.model, "--width", str(args.width), "--data", str(args.data)),
@@ -254,8 +270,10 @@ def bench_train(args: argparse.Namespace) -> None:
     seed_startup, _ = time_steps(seed_step, seed_batches, device, args.warmup)
     seconds, seen = time_steps(seed_step, seed_batches, device, args.steps)
     seed_rate = seen / seconds
-    # Every process measured its own rate; the totals are their sums.
-    ours_rate, seed_rate = all_reduce_sum(torch.tensor([ours_rate, seed_rate])).tolist()
+    # Every process measured its own rate; the totals are their sums. On the run's device:
+    # NCCL, which joins GPU processes, takes CUDA tensors only.
+    rates = torch.tensor([ours_rate, seed_rate], dtype=torch.float64, device=device)
+    ours_rate, seed_rate = all_reduce_sum(rates).tolist()
 
     features = ", ".join(
         ["data on the device", "channels-last"]
@@ -266,17 +284,28 @@ def bench_train(args: argparse.Namespace) -> None:
     if world_size > 1:
         header += f" {'images/s per process':>21}"
     log(header)
-    for label, rate, warm in (
-        (f"this repository ({features})", ours_rate, startup),
-        (
-            f"seed-style (DataLoader + PIL, {args.workers} workers, fp32, NCHW, eager)",
-            seed_rate,
-            seed_startup,
-        ),
-    ):
+    pipelines = {
+        "this repository": {
+            "features": features,
+            "images_per_sec": ours_rate,
+            "startup_s": startup,
+        },
+        "seed-style": {
+            "features": f"DataLoader + PIL, {args.workers} workers, fp32, NCHW, eager",
+            "images_per_sec": seed_rate,
+            "startup_s": seed_startup,
+        },
+    }
+    for label, pipeline in pipelines.items():
+        rate = pipeline["images_per_sec"]
         tflops = rate * flops_per_image / 1e12
-        share = f"{100 * tflops / (peak * world_size):.1f} %" if peak else "-"
-        line = f"{label:<72} {warm:>10.1f} {rate:>10,.0f} {tflops:>8.3g} {share:>8}"
+        share = tflops / (peak * world_size) if peak else None
+        pipeline.update(tflops=tflops, fraction_of_peak=share)
+        shown = f"{100 * share:.1f} %" if share is not None else "-"
+        named = f"{label} ({pipeline['features']})"
+        line = (
+            f"{named:<72} {pipeline['startup_s']:>10.1f} {rate:>10,.0f} {tflops:>8.3g} {shown:>8}"
+        )
         if world_size > 1:
             line += f" {rate / world_size:>21,.0f}"
         log(line)
@@ -284,6 +313,20 @@ def bench_train(args: argparse.Namespace) -> None:
     if not peak:
         log("peak unknown for this device: pass --peak-tflops to see the fraction")
     log(f"ratio: {ours_rate / seed_rate:.2f}x")
+    if args.json is not None and is_main_process():
+        figures = {
+            "model": run.model,
+            "width": run.width,
+            "batch_size": run.batch_size,
+            "processes": world_size,
+            "device": name,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "peak_tflops": peak,
+            "pipelines": pipelines,
+            "ratio": ours_rate / seed_rate,
+        }
+        write_text(args.json, json.dumps(figures, indent=1) + "\n")
     shutdown_distributed()
 
 
@@ -416,6 +459,428 @@ def bench_report(args: argparse.Namespace) -> None:
     print(f"table: {args.out / 'results.md'}; curves of the best run ({best[1]}): {figures}")
 
 
+# -- gpu-report --------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent
+SEED_TOP1 = 85.06  # the seeds' reported test top-1 (%), the target of the time to accuracy
+PREDICTED_IMAGES = 8  # the first images of the test manifest, given to predict.py
+# --tiny: the same stages at a toy size, for CI on a CPU.
+TINY_TRAIN_FLAGS = (
+    *("--width", "0.0625", "--train-subset", "256"),
+    *("--epochs", "2", "--batch-size", "32"),
+)
+TINY_STEP_FLAGS = ("--width", "0.0625", "--steps", "2", "--warmup", "1", "--workers", "0")
+# What train.py records of torch.compile in the first epoch's row, where it compiles.
+COMPILE_KEYS = (
+    "compile_graphs",
+    "compile_graph_breaks",
+    "compile_recompilations",
+    "cudagraph_skips",
+    "compile_failed",
+)
+REPORT_LOGS = ("train.log", "train-step.log", "eval.log", "predict.log")
+STEP_JSON = "train-step.json"
+LOG_TAIL_LINES = 20
+
+
+@dataclass
+class Child:
+    """One program the report runs: its command and log, and how it ended."""
+
+    name: str
+    command: list[str]
+    log: Path
+    status: int | None = None  # None: it did not run
+    seconds: float = 0.0
+    # Why it stopped early or did not run: "budget", "no checkpoint", "stopped by SIGINT".
+    cut: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == 0 and self.cut is None
+
+    @property
+    def failed(self) -> bool:
+        return self.status not in (None, 0) and self.cut is None
+
+    def outcome(self) -> str:
+        if self.status is None:
+            return f"skipped ({self.cut})"
+        how, took = exit_text(self.status), f"{self.seconds:.1f} s"
+        if self.cut == "budget":
+            return f"stopped at the budget after {took} ({how})"
+        if self.cut is not None:
+            return f"{self.cut} after {took} ({how})"
+        return f"failed after {took} ({how})" if self.status else f"finished in {took} ({how})"
+
+
+class Budget:
+    """Runs the report's programs one after another in the time left of ``seconds``; once
+    one is stopped (the budget ran out, or Ctrl-C), the later ones are skipped."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started = time.monotonic()
+        self.ends = self.started + seconds
+        self.halted: Child | None = None  # the program stopped, or the first one skipped
+
+    def run(self, child: Child) -> Child:
+        left = self.ends - time.monotonic()
+        if self.halted is None and left <= 0:
+            child.cut, self.halted = "budget", child
+        if self.halted is not None:
+            child.cut = child.cut or self.halted.cut
+            return child
+        print(f"{child.name}: running, its output in {child.log}", flush=True)
+        started = time.monotonic()
+        try:
+            child.status = run_child(child.command, deadline=left, log=child.log)
+        except DeadlinePassed as stopped:
+            child.status, child.cut, self.halted = stopped.child_status, "budget", child
+        except Ended as stopped:  # Ctrl-C or SIGTERM, passed on to the child
+            child.status, child.cut, self.halted = stopped.status, str(stopped), child
+        child.seconds = time.monotonic() - started
+        print(f"{child.name}: {child.outcome()}", flush=True)
+        return child
+
+
+def git(*args: str) -> str | None:
+    """git's output in this repository, or None outside one (or without git)."""
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def commit_described() -> str:
+    head = git("rev-parse", "HEAD")
+    if head is None:
+        return "unknown"
+    changes = git("status", "--porcelain")
+    if changes is None:
+        return f"{head} (uncommitted changes unknown)"
+    return f"{head} with uncommitted changes" if changes else head
+
+
+def driver_version() -> str:
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    versions = done.stdout.split()  # one line per GPU, all the same driver
+    return versions[0] if done.returncode == 0 and versions else "unknown"
+
+
+def describe_machine(data: Path, device: torch.device) -> list[tuple[str, str]]:
+    """Stage 1: what the figures were measured on. The data is named by its folder and its
+    manifests' hashes only: which copy of CIFAR-10 it is cannot be told from them."""
+    if device.type == "cuda":
+        memory = torch.cuda.get_device_properties(device).total_memory / 2**30
+        gpu = f"{torch.cuda.get_device_name(device)} ({memory:.0f} GiB)"
+        driver = driver_version()
+    else:
+        gpu, driver = "none: measured on the CPU", "-"
+    return [
+        ("device", str(device)),
+        ("GPU", gpu),
+        ("driver", driver),
+        ("torch", torch.__version__),
+        ("CUDA (torch.version.cuda)", torch.version.cuda or "none (a CPU build of torch)"),
+        ("CPUs", str(os.cpu_count())),
+        ("commit", commit_described()),
+        ("data folder", str(data.resolve())),
+        *((f"`{manifest_path(data, s).name}` sha256", manifest_sha256(data, s)) for s in SPLITS),
+        ("date", datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")),
+    ]
+
+
+def check_report_folder(out: Path, overwrite: bool) -> None:
+    """Refuses, before any program runs, a --out that is a file, or that holds a report or
+    a run that --overwrite does not allow to replace."""
+    check_output_folder(out, "--out")
+    kept = [name for name in ("report.md",) if (out / name).exists()]
+    kept += [f"fast/{name}" for name in checkpoints_in(out / "fast")]
+    if kept and not overwrite:
+        raise UserError(
+            f"--out {out}: holds a report or run ({', '.join(kept)}); pass --overwrite to "
+            "replace it, or name another --out"
+        )
+    check_output_folder(out / "fast", "--out")
+    for name in ("report.md", STEP_JSON, *REPORT_LOGS):
+        check_output_file(out / name, "--out", kind="text")
+
+
+def clear_earlier_results(out: Path) -> None:
+    """Removes what an earlier report left that this one reads or shows: a program stopped
+    before it writes its files must not be reported with an earlier run's figures."""
+    for path in (out / "fast" / "history.json", out / STEP_JSON, *(out / n for n in REPORT_LOGS)):
+        path.unlink(missing_ok=True)
+
+
+def log_lines(log: Path) -> list[str]:
+    """The log's lines as a terminal would have left them: of a progress bar redrawn with
+    carriage returns, its last state."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    return [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]
+
+
+def json_in_log(log: Path) -> object | None:
+    """The last JSON object that a program printed (at the start of a line) into its log,
+    among the other lines of its output."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    decoder = json.JSONDecoder()
+    for match in reversed(list(re.finditer(r"(?:^|\r)\{", text, re.M))):
+        try:
+            return decoder.raw_decode(text, match.end() - 1)[0]
+        except ValueError:
+            continue
+    return None
+
+
+def read_json(path: Path) -> object | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def training_figures(history: list[dict]) -> list[tuple[str, str]]:
+    """Stage 2's figures, from the run's history.json."""
+    first, last = history[0], history[-1]
+    rows = [
+        ("epochs finished", str(len(history))),
+        (
+            "start-up (epoch 1: compilation, CUDA-graph capture)",
+            f"{first.get('startup_time', 0.0):.1f} s",
+        ),
+    ]
+    counters = [(key, str(first[key])) for key in COMPILE_KEYS if key in first]
+    rows += counters or [("compilation", "not compiled")]
+    steady = [row["images_per_sec"] for row in history[1:]]
+    rows.append(
+        (
+            "steady images/s (mean of the epochs after the first)",
+            f"{mean(steady):,.0f}" if steady else "- (one epoch only)",
+        )
+    )
+    times = training_seconds(history)
+    hit = next((i for i, row in enumerate(history) if row["test_top1"] >= SEED_TOP1), None)
+    reached = (
+        f"{times[hit]:.1f} s (epoch {hit + 1})"
+        if hit is not None
+        else f"not reached in {times[-1]:.0f} s"
+    )
+    evals = [row["eval_time"] for row in history]
+    rows += [
+        (f"training time to {SEED_TOP1:.2f} % test top-1", reached),
+        ("final test top-1", f"{last['test_top1']:.2f} %"),
+        ("final test top-5", f"{last['test_top5']:.2f} %"),
+        ("eval time per epoch", f"mean {mean(evals):.2f} s, max {max(evals):.2f} s"),
+        ("wall time of the run (train.py's own)", f"{last['elapsed']:.1f} s"),
+    ]
+    return rows
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def code_block(lines: list[str]) -> str:
+    return "\n".join(["```", *lines, "```"])
+
+
+def child_section(child: Child, out: Path) -> list[str]:
+    """A program's outcome, exact command and log; the end of the log where it did not
+    finish."""
+    parts = [f"Outcome: **{child.outcome()}**.", code_block([shlex.join(child.command)])]
+    if child.status is not None:
+        parts.append(f"Log: `{child.log.relative_to(out)}`.")
+    if child.status is not None and not child.succeeded:
+        tail = [line for line in log_lines(child.log) if line][-LOG_TAIL_LINES:]
+        parts += ["The end of its log:", code_block(tail or ["(empty)"])]
+    return parts
+
+
+def training_section(train: Child, out: Path) -> list[str]:
+    parts = ["## 2. `train.py --preset fast`", *child_section(train, out)]
+    history = read_json(out / "fast" / "history.json")
+    if isinstance(history, list) and history:
+        parts.append(table(("figure", "value"), training_figures(history)))
+    elif train.status is not None:
+        parts.append("No epoch finished: no figures.")
+    compiles = [line for line in log_lines(train.log) if line.startswith("compile")]
+    if compiles:
+        parts += ["train.py's compile lines:", code_block(compiles)]
+    return parts
+
+
+def step_section(step: Child, out: Path, batch: str) -> list[str]:
+    parts = [f"## 3. The training step at batch {batch}", *child_section(step, out)]
+    figures = read_json(out / STEP_JSON)
+    if not (step.succeeded and isinstance(figures, dict)):
+        return parts
+    rows = [
+        (
+            f"{label} ({pipeline['features']})",
+            f"{pipeline['images_per_sec']:,.0f}",
+            f"{pipeline['tflops']:.3g}",
+            "-"
+            if pipeline["fraction_of_peak"] is None
+            else f"{100 * pipeline['fraction_of_peak']:.1f} %",
+            f"{pipeline['startup_s']:.1f}",
+        )
+        for label, pipeline in figures["pipelines"].items()
+    ]
+    header = ("pipeline", "images/s", "TFLOP/s", "of peak", "start-up s")
+    peak = figures["peak_tflops"]
+    return [
+        *parts,
+        table(header, rows),
+        f"Ratio: {figures['ratio']:.2f}x; {figures['model']} (width {figures['width']}), "
+        f"{figures['steps']} timed steps after {figures['warmup']}; peak "
+        + (f"{peak:g} TFLOP/s (dense bf16)." if peak else "unknown for this device."),
+    ]
+
+
+def inference_section(evaluation: Child, prediction: Child, out: Path) -> list[str]:
+    scores = json_in_log(evaluation.log) if evaluation.succeeded else None
+    test = scores.get("test", {}) if isinstance(scores, dict) else {}
+    rows = [
+        (
+            f"`{child.name}`",
+            child.outcome(),
+            str(child.status) if child.status is not None else "-",
+            f"{child.seconds:.1f} s" if child.status is not None else "-",
+            f"{test['top1']:.2f} %" if child is evaluation and "top1" in test else "-",
+            f"{test['top5']:.2f} %" if child is evaluation and "top5" in test else "-",
+        )
+        for child in (evaluation, prediction)
+    ]
+    header = ("program", "outcome", "exit code", "wall time", "test top-1", "test top-5")
+    parts = ["## 4. `eval.py` and `predict.py`", table(header, rows)]
+    for child in (evaluation, prediction):
+        parts += [f"`{child.name}`:", *child_section(child, out)]
+    return parts
+
+
+def report_text(
+    args, budget: Budget, machine, train: Child, step: Child, evaluation, prediction
+) -> str:
+    out = args.out
+    notes = []
+    if args.tiny:
+        notes.append(
+            "> **--tiny**: the stages at a toy size, to check that they run; the figures "
+            "say nothing about speed or accuracy."
+        )
+    if dict(machine)["device"] == "cpu":
+        notes.append("> **Measured on the CPU**, not a GPU.")
+    parts = [
+        "# GPU report",
+        *notes,
+        f"Written by `{rerun_command('bench.py')}` in {time.monotonic() - budget.started:.0f} s "
+        f"of its budget of {budget.seconds:g} s.",
+        "## 1. The machine",
+        table(("what", "value"), machine),
+        *training_section(train, out),
+        *step_section(step, out, "32" if args.tiny else "512"),
+        *inference_section(evaluation, prediction, out),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def bench_gpu_report(args: argparse.Namespace) -> None:
+    """Measures this machine in four stages and writes OUT/report.md and the programs' logs;
+    see the README's "Speed"."""
+    out = args.out
+    check_report_folder(out, args.overwrite)
+    device = resolve_device(args.device)
+    budget = Budget(args.budget)
+    machine = describe_machine(args.data, device)
+    test_images = [path for path, _ in read_manifest(manifest_path(args.data, "test"))]
+    clear_earlier_results(out)
+    out.mkdir(parents=True, exist_ok=True)
+    common = ("--data", str(args.data), "--device", args.device)
+    run_folder, checkpoint = out / "fast", out / "fast" / "best.pt"
+    python = sys.executable
+    train = Child(
+        "train.py --preset fast",
+        [python, str(TRAIN_SCRIPT), "--preset", "fast", "--report-test", *common,
+         *(TINY_TRAIN_FLAGS if args.tiny else ()),
+         "--out", str(run_folder), *(["--overwrite"] if args.overwrite else [])],
+        out / "train.log",
+    )  # fmt: skip
+    step = Child(
+        "bench.py train",
+        [python, str(REPO / "bench.py"), "train", "--batch-size", "32" if args.tiny else "512",
+         *common, *(TINY_STEP_FLAGS if args.tiny else ()), "--json", str(out / STEP_JSON)],
+        out / "train-step.log",
+    )  # fmt: skip
+    evaluation = Child(
+        "eval.py",
+        [python, str(REPO / "eval.py"), str(checkpoint), "--split", "test", "--json",
+         "--device", args.device],
+        out / "eval.log",
+    )  # fmt: skip
+    prediction = Child(
+        "predict.py",
+        [python, str(REPO / "predict.py"), str(checkpoint),
+         *test_images[:PREDICTED_IMAGES], "--device", args.device],
+        out / "predict.log",
+    )  # fmt: skip
+    budget.run(train)
+    budget.run(step)
+    for child in (evaluation, prediction):
+        if budget.halted is None and not (train.succeeded and checkpoint.is_file()):
+            child.cut = "no checkpoint"
+        else:
+            budget.run(child)
+    report = out / "report.md"
+    write_text(report, report_text(args, budget, machine, train, step, evaluation, prediction))
+    finish(budget, [train, step, evaluation, prediction], report)
+
+
+def finish(budget: Budget, children: list[Child], report: Path) -> None:
+    """Ends with one line: where the report is, and why it is incomplete where it is."""
+    halted = budget.halted
+    if halted is not None and halted.cut == "budget":
+        raise Ended(
+            124,
+            f"the budget of {budget.seconds:g} s ran out "
+            + (f"during {halted.name}" if halted.status is not None else f"before {halted.name}")
+            + f"; the report so far: {report}",
+        )
+    if halted is not None:
+        raise Ended(
+            halted.status, f"{halted.cut} during {halted.name}; the report so far: {report}"
+        )
+    failed = [child for child in children if child.failed]
+    if failed:
+        names = ", ".join(f"{child.name} ({exit_text(child.status)})" for child in failed)
+        raise Ended(1, f"failed: {names}; the report, with the end of their logs: {report}")
+    print(f"report: {report}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench.py", description="Benchmarks of this repository.", formatter_class=HelpFormatter
@@ -474,6 +939,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="device peak (none given: known for H100, H200, A100)",
     )
+    training.add_argument(
+        "--json", type=Path, default=None, help="also write the figures to this JSON file"
+    )
 
     tta = subcommand(
         "tta", "time to accuracy of a train.py recipe; other flags go to train.py", bench_tta
@@ -513,6 +981,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="folder for the best run's acc.png and loss.png (none given: OUT; "
         "the README's figures: fig)",
     )
+
+    gpu = subcommand(
+        "gpu-report",
+        "measures this machine: train.py --preset fast, the training step at batch 512, "
+        "eval.py and predict.py; writes OUT/report.md and the logs",
+        bench_gpu_report,
+    )
+    gpu.add_argument(
+        "--out", type=Path, default=Path("runs/gpu-report"), help="folder of the report and logs"
+    )
+    gpu.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared dataset folder")
+    gpu.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N; every program's")
+    gpu.add_argument(
+        "--budget",
+        type=at_most(positive_float, MAX_SECONDS),
+        default=540.0,
+        help="seconds for all stages: a program still running then is stopped (SIGTERM), "
+        "the later ones are skipped, and the report is written with what there is",
+    )
+    gpu.add_argument(
+        "--tiny", action="store_true", help="the same stages at a toy size (CI; no speed figures)"
+    )
+    gpu.add_argument("--overwrite", action="store_true", help="replace the report and run in --out")
 
     args, rest = parser.parse_known_args(argv)
     if rest and args.subcommand not in ("tta", "report"):

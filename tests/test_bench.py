@@ -1,5 +1,6 @@
 """bench.py train and tta as CI smoke tests, and the torch.compile fallback."""
 
+import json
 import re
 
 from conftest import run_script
@@ -9,10 +10,10 @@ from training.options import parse_args as parse_train_args
 CPU_SMALL = ["--width", "0.25", "--device", "cpu"]
 
 
-def test_bench_train_runs_both_pipelines(synthetic_cifar10_dir):
+def test_bench_train_runs_both_pipelines(synthetic_cifar10_dir, tmp_path):
     result = run_script(
         "bench.py", "train", "--data", synthetic_cifar10_dir, *CPU_SMALL, "--batch-size", "8",
-        "--steps", "2", "--warmup", "1", "--workers", "0",
+        "--steps", "2", "--warmup", "1", "--workers", "0", "--json", tmp_path / "step.json",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rates = re.findall(
@@ -21,6 +22,13 @@ def test_bench_train_runs_both_pipelines(synthetic_cifar10_dir):
     assert [name for name, _, _ in rates] == ["this repository", "seed-style"]
     assert all(int(rate.replace(",", "")) > 0 and float(tflops) > 0 for _, rate, tflops in rates)
     assert re.search(r"^ratio: [\d.]+x$", result.stdout, re.M)
+    # --json: the same figures for programs (bench.py gpu-report reads them).
+    figures = json.loads((tmp_path / "step.json").read_text())
+    assert (figures["batch_size"], figures["device"], figures["peak_tflops"]) == (8, "CPU", None)
+    shown = {name: int(rate.replace(",", "")) for name, rate, _ in rates}
+    for name, pipeline in figures["pipelines"].items():
+        assert round(pipeline["images_per_sec"]) == shown[name] and pipeline["tflops"] > 0
+        assert pipeline["fraction_of_peak"] is None and pipeline["startup_s"] > 0
 
 
 def test_bench_tta_reports_the_time_to_each_target(synthetic_cifar10_dir, tmp_path):

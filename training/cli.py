@@ -2,6 +2,7 @@
 output paths checked before the work, child processes that end with their parent."""
 
 import argparse
+import contextlib
 import functools
 import math
 import os
@@ -10,8 +11,9 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from dataloader import DataError
 from dataloader.images import ImageError
@@ -194,7 +196,38 @@ def check_output_folder(folder: Path, flag: str, shown: Path | None = None) -> N
         raise UserError(f"{flag} {shown}: {in_the_way} is a file, not a folder")
 
 
-def run_child(command: Sequence[str]) -> int:
+# How long a child stopped at its deadline may take to save its place and exit (train.py
+# saves a checkpoint within seconds) before it is killed: a SIGTERM that arrives during
+# torch.compile is acted on only when the compilation ends, minutes later on a GPU.
+STOP_GRACE_SECONDS = 30.0
+
+
+class DeadlinePassed(Ended):
+    """A child program stopped at its deadline: SIGTERM, then SIGKILL if it outlived the
+    grace period. ``child_status`` is how it ended (negative: the signal that ended it);
+    ``status`` is 124, the exit status of timeout(1)."""
+
+    def __init__(self, child_status: int, deadline: float) -> None:
+        super().__init__(
+            124, f"stopped at its deadline of {deadline:g} s ({exit_text(child_status)})"
+        )
+        self.child_status = child_status
+
+
+def exit_text(status: int) -> str:
+    """A child's exit status in words: "exit status 1", or "killed by SIGTERM" for the
+    negative statuses of subprocess."""
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exit status {status}"
+
+
+def run_child(
+    command: Sequence[str], deadline: float | None = None, log: Path | None = None
+) -> int:
     """Runs ``command`` to its end and returns its exit status; the child ends with this
     process.
 
@@ -202,20 +235,57 @@ def run_child(command: Sequence[str]) -> int:
     child runs in a session of its own, so a terminal's Ctrl-C does not reach it twice), and
     the child stops as it does for them: train.py saves its place and exits. Then this
     raises :class:`Ended`. If this process is killed outright, the child gets SIGTERM.
+
+    ``deadline``: seconds the child may run; then it gets SIGTERM (train.py saves its place
+    and exits), and SIGKILL with the rest of its process group :data:`STOP_GRACE_SECONDS`
+    later if it is still running, and this raises :class:`DeadlinePassed`. ``log``: a file
+    (replaced) that takes the child's standard output and error, unbuffered, so that it can
+    be followed as it grows and holds everything up to the moment a child is stopped.
     """
     received: list[int] = []
-    child = subprocess.Popen(
-        list(command),
-        start_new_session=True,
-        preexec_fn=functools.partial(end_with_parent, os.getpid()),
-    )
+    with _log_file(log) as output:  # the child keeps its own copy of the descriptor
+        child = subprocess.Popen(
+            list(command),
+            start_new_session=True,
+            preexec_fn=functools.partial(end_with_parent, os.getpid()),
+            stdout=output,
+            stderr=subprocess.STDOUT if output is not None else None,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"} if output is not None else None,
+        )
 
     def pass_on(signum: int) -> None:
         received.append(signum)
         child.send_signal(signum)
 
     with stop_signals_to(pass_on):
-        status = child.wait()
+        status, overran = _wait(child, deadline)
     if received:
         raise Ended(128 + received[0], f"stopped by {signal.Signals(received[0]).name}")
+    if overran:
+        raise DeadlinePassed(status, deadline)
     return status
+
+
+@contextlib.contextmanager
+def _log_file(log: Path | None) -> Iterator[BinaryIO | None]:
+    if log is None:
+        yield None
+        return
+    with open(log, "wb") as output:
+        yield output
+
+
+def _wait(child: subprocess.Popen, deadline: float | None) -> tuple[int, bool]:
+    """(the child's exit status, whether it was stopped at the deadline)."""
+    try:
+        return child.wait(timeout=deadline), False
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGTERM)
+    try:
+        return child.wait(timeout=STOP_GRACE_SECONDS), True
+    except subprocess.TimeoutExpired:
+        # The child leads its session's process group: its own children (compile or data
+        # loader workers) end with it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        return child.wait(), True
