@@ -23,6 +23,7 @@ import os
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -78,6 +79,7 @@ from training.optim import make_optimizer
 from training.options import PRESETS, model_width, seed_number
 from training.options import parse_args as parse_train_args
 from training.precision import AMP_CHOICES, resolve_amp
+from utils import markdown_table
 
 DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "cifar10"
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
@@ -659,10 +661,6 @@ def read_json(path: Path) -> object | None:
         return None
 
 
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def training_figures(history: list[dict]) -> list[tuple[str, str]]:
     """Stage 2's figures, from the run's history.json."""
     first, last = history[0], history[-1]
@@ -679,7 +677,7 @@ def training_figures(history: list[dict]) -> list[tuple[str, str]]:
     rows.append(
         (
             "steady images/s (mean of the epochs after the first)",
-            f"{mean(steady):,.0f}" if steady else "- (one epoch only)",
+            f"{statistics.mean(steady):,.0f}" if steady else "- (one epoch only)",
         )
     )
     times = training_seconds(history)
@@ -694,15 +692,10 @@ def training_figures(history: list[dict]) -> list[tuple[str, str]]:
         (f"training time to {SEED_TOP1:.2f} % test top-1", reached),
         ("final test top-1", f"{last['test_top1']:.2f} %"),
         ("final test top-5", f"{last['test_top5']:.2f} %"),
-        ("eval time per epoch", f"mean {mean(evals):.2f} s, max {max(evals):.2f} s"),
+        ("eval time per epoch", f"mean {statistics.mean(evals):.2f} s, max {max(evals):.2f} s"),
         ("wall time of the run (train.py's own)", f"{last['elapsed']:.1f} s"),
     ]
     return rows
-
-
-def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def code_block(lines: list[str]) -> str:
@@ -725,7 +718,7 @@ def training_section(train: Child, out: Path) -> list[str]:
     parts = ["## 2. `train.py --preset fast`", *child_section(train, out)]
     history = read_json(out / "fast" / "history.json")
     if isinstance(history, list) and history:
-        parts.append(table(("figure", "value"), training_figures(history)))
+        parts.append(markdown_table(("figure", "value"), training_figures(history)))
     elif train.status is not None:
         parts.append("No epoch finished: no figures.")
     compiles = [line for line in log_lines(train.log) if line.startswith("compile")]
@@ -755,7 +748,7 @@ def step_section(step: Child, out: Path, batch: str) -> list[str]:
     peak = figures["peak_tflops"]
     return [
         *parts,
-        table(header, rows),
+        markdown_table(header, rows),
         f"Ratio: {figures['ratio']:.2f}x; {figures['model']} (width {figures['width']}), "
         f"{figures['steps']} timed steps after {figures['warmup']}; peak "
         + (f"{peak:g} TFLOP/s (dense bf16)." if peak else "unknown for this device."),
@@ -777,7 +770,7 @@ def inference_section(evaluation: Child, prediction: Child, out: Path) -> list[s
         for child in (evaluation, prediction)
     ]
     header = ("program", "outcome", "exit code", "wall time", "test top-1", "test top-5")
-    parts = ["## 4. `eval.py` and `predict.py`", table(header, rows)]
+    parts = ["## 4. `eval.py` and `predict.py`", markdown_table(header, rows)]
     for child in (evaluation, prediction):
         parts += [f"`{child.name}`:", *child_section(child, out)]
     return parts
@@ -801,7 +794,7 @@ def report_text(
         f"Written by `{rerun_command('bench.py')}` in {time.monotonic() - budget.started:.0f} s "
         f"of its budget of {budget.seconds:g} s.",
         "## 1. The machine",
-        table(("what", "value"), machine),
+        markdown_table(("what", "value"), machine),
         *training_section(train, out),
         *step_section(step, out, "32" if args.tiny else "512"),
         *inference_section(evaluation, prediction, out),

@@ -29,7 +29,7 @@ from training.metrics import evaluate, per_class_accuracy
 from training.options import DEFAULT_EVAL_BATCH_SIZE, MAX_BATCH_SIZE
 from training.plots import plot_confusion
 from training.precision import AMP_CHOICES
-from utils import printable
+from utils import markdown_table, printable
 
 SPLITS = ("train", "valid", "test")
 
@@ -142,12 +142,6 @@ def evaluate_splits(args, ready, data_dir: Path) -> dict[str, dict]:
         )
         results[split]["seconds"] = time.perf_counter() - started
     return results
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def report(args, checkpoint: dict, classes: list[str], results: dict[str, dict]) -> None:

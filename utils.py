@@ -16,7 +16,7 @@ import stat
 import sys
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -142,6 +142,13 @@ def end_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
 class UnsafeFile(ValueError):
     """A file refused before it is read: not a regular file, larger than allowed, or able to
     take far more memory than its size once read."""
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table of text cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def one_line(error: BaseException) -> str:
