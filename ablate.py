@@ -39,10 +39,10 @@ from training.cli import (
     run_cli,
 )
 from training.distributed import resolve_device
-from training.files import atomic_write, write_text
 from training.metrics import evaluate
 from training.options import PRESETS
 from training.options import parse_args as parse_train_args
+from utils import atomic_write, markdown_table, write_text
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
@@ -214,7 +214,7 @@ def markdown(results: dict[str, dict], context: dict) -> str:
     header = ["variant", "params", "MACs", "valid top-1 (%)", "test top-1 (%)"]
     header += ["vs baseline (test)"] if baseline else []
     header += ["best epoch", "time (s)"]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    rows = []
     for name, r in results.items():
         row = [
             f"`{name}`",
@@ -226,7 +226,7 @@ def markdown(results: dict[str, dict], context: dict) -> str:
         if baseline:
             row.append("-" if r is baseline else f"{r['test_top1'] - baseline['test_top1']:+.2f}")
         row += [f"{r['best_epoch']} / {r['epochs']}", f"{r['seconds']:.1f}"]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
     return "\n".join(
         [
             f"# FishNet ablations: {context['model']} (width {context['width']})",
@@ -237,7 +237,7 @@ def markdown(results: dict[str, dict], context: dict) -> str:
             "- valid top-1: the best epoch's; test top-1: the same checkpoint (best.pt); "
             "time: training with per-epoch validation",
             "",
-            *lines,
+            markdown_table(header, rows, align="l" + "r" * (len(header) - 1)),
             "",
         ]
     )

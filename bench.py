@@ -52,7 +52,6 @@ from training.cli import (
     DeadlinePassed,
     Ended,
     HelpFormatter,
-    UserError,
     at_most,
     check_output_file,
     check_output_folder,
@@ -74,12 +73,11 @@ from training.distributed import (
     shutdown_distributed,
 )
 from training.engine import TrainStep
-from training.files import atomic_write, write_text
 from training.optim import make_optimizer
 from training.options import PRESETS, model_width, seed_number
 from training.options import parse_args as parse_train_args
 from training.precision import AMP_CHOICES, resolve_amp
-from utils import markdown_table
+from utils import UserError, atomic_write, markdown_table, synchronize, write_text
 
 DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "cifar10"
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
@@ -111,8 +109,7 @@ def images_per_second(
                 break
         else:
             iterator = iter(batches)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return count / (time.perf_counter() - started)
 
 
@@ -180,11 +177,6 @@ def time_steps(step, batches: Iterator, device: torch.device, count: int) -> tup
         images_seen += len(labels)
     synchronize(device)
     return time.perf_counter() - started, images_seen
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_tflops(device: torch.device, override: float | None) -> float | None:

@@ -16,10 +16,8 @@ from dataloader import DeviceLoader, load_split, manifest_sha256, read_classes
 from training.checkpoint import load_checkpoint, load_ready_model
 from training.cli import (
     HelpFormatter,
-    UserError,
     at_most,
     check_output_folder,
-    first_line,
     positive_int,
     program_name,
     run_cli,
@@ -29,7 +27,7 @@ from training.metrics import evaluate, per_class_accuracy
 from training.options import DEFAULT_EVAL_BATCH_SIZE, MAX_BATCH_SIZE
 from training.plots import plot_confusion
 from training.precision import AMP_CHOICES
-from utils import markdown_table, printable
+from utils import UserError, markdown_table, one_line, printable
 
 SPLITS = ("train", "valid", "test")
 
@@ -196,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             plot_confusion(result["confusion"], classes, title, out / f"confusion_{split}.png")
     except OSError as error:
         raise UserError(
-            f"--out {out}: cannot write the confusion matrices ({first_line(error)})"
+            f"--out {out}: cannot write the confusion matrices ({one_line(error)})"
         ) from None
     if not args.json:
         print(

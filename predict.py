@@ -22,13 +22,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from dataloader.images import ImageError, read_image_file
+from dataloader.images import IMAGE_SUFFIXES, ImageError, read_image_file
 from training.checkpoint import load_ready_model
-from training.cli import HelpFormatter, UserError, positive_int, program_name, run_cli
+from training.cli import HelpFormatter, positive_int, program_name, run_cli
 from training.distributed import resolve_device
-from utils import printable
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+from utils import out_of_gpu_memory, printable
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,7 +68,7 @@ def expand(inputs: list[Path]) -> list[Path]:
 def read(path: Path, size: int) -> Tensor | str:
     """The image as the model's size x size input, or why it cannot be had."""
     if path.is_dir():
-        return f"{path}: a folder without image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        return f"{path}: a folder without image files ({', '.join(IMAGE_SUFFIXES)})"
     try:
         return read_image_file(path, size)
     except ImageError as error:
@@ -100,10 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 probabilities = classifier.probabilities(torch.stack(readable))
             except torch.cuda.OutOfMemoryError:
-                raise UserError(
-                    f"out of GPU memory at --batch-size {args.batch_size}; "
-                    f"try --batch-size {max(1, args.batch_size // 2)}"
-                ) from None
+                raise out_of_gpu_memory(args.batch_size) from None
             values, labels = probabilities.topk(top_k, dim=1)
             tops = iter(zip(values.tolist(), labels.tolist(), strict=True))
         for path, image in zip(chunk, images, strict=True):

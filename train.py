@@ -32,7 +32,7 @@ from training.checkpoint import (
     refuse_existing_run,
     save_checkpoint,
 )
-from training.cli import UserError, first_line, rerun_command, run_cli
+from training.cli import rerun_command, run_cli
 from training.distributed import (
     distribute,
     init_distributed,
@@ -52,12 +52,12 @@ from training.engine import (
     seed_everything,
     train_one_epoch,
 )
-from training.files import FolderLock, link_or_copy, write_text
 from training.metrics import EvaluationStopped, evaluate
 from training.optim import make_optimizer, make_scheduler
 from training.options import DEFAULT_EVAL_BATCH_SIZE, parse_args, resume_mismatches
 from training.plots import write_history
 from training.precision import resolve_amp
+from utils import FileLock, UserError, link_or_copy, one_line, write_text
 
 OUTPUT_FILES = (*CHECKPOINT_FILES, "history.json", "history.csv", "acc.png", "loss.png")
 SCORES = ("loss", "top1", "top5", "flip_top1", "flip_top5")
@@ -166,13 +166,13 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
 
 def claim_output(
     args: argparse.Namespace, out: Path, main_process: bool
-) -> tuple[FolderLock, dict | None]:
+) -> tuple[FileLock, dict | None]:
     """Claims the output folder (a second run into it is refused while this one lives),
     checks that it is writable, and returns the lock and the checkpoint to resume from."""
     last = out / "last.pt"
     if args.resume and not last.is_file():
         raise UserError(f"--resume: {last} does not exist; start the run without --resume")
-    lock = FolderLock(out)
+    lock = FileLock(out / ".lock")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: a file, not a folder")
     try:
@@ -182,7 +182,7 @@ def claim_output(
             write_text(out / ".writable", "")
             (out / ".writable").unlink()
     except OSError as error:
-        raise UserError(f"--out {out}: cannot write there ({first_line(error)})") from None
+        raise UserError(f"--out {out}: cannot write there ({one_line(error)})") from None
     if args.resume:
         checkpoint = load_checkpoint(last)
         changed = resume_mismatches(checkpoint["args"], args)
@@ -451,7 +451,7 @@ class Run:
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
             raise UserError(
                 f"{path}: damaged checkpoint: cannot restore the training state "
-                f"({type(error).__name__}: {first_line(error)})"
+                f"({type(error).__name__}: {one_line(error)})"
             ) from None
         step = self.state.partial["loaders"][rank]["step"] if self.state.partial else 0
         where = "its evaluation" if step == len(data.train) else f"step {step + 1}"
@@ -537,7 +537,7 @@ class Run:
             except OSError as error:
                 self.save_unsaved(out)
                 raise UserError(
-                    f"--out {out}: cannot write the history and plots ({first_line(error)}); "
+                    f"--out {out}: cannot write the history and plots ({one_line(error)}); "
                     "last.pt holds the epoch, resume with --resume"
                 ) from None
         return is_best

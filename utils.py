@@ -1,6 +1,7 @@
-"""The bottom layer every package may import: one-line messages, text that is safe to print
-on a terminal, files read with bounds on what they may cost, child processes that end with
-their parent.
+"""The bottom layer every package but models/ may import: user errors and one-line messages,
+text that is safe to print on a terminal, files written atomically and read with bounds on
+what they may cost, the one lock on a file, Markdown tables, waiting for a device, child
+processes that end with their parent.
 
 Standard library only at import time (data/download_data.py starts without torch); torch is
 imported where it is used.
@@ -10,15 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
+import shutil
 import signal
 import stat
 import sys
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
+
+if TYPE_CHECKING:
+    import torch
 
 # Characters a terminal acts on instead of showing: C0 controls (ESC starts the sequences
 # that clear the screen or retitle the window), DEL, C1 controls (0x9b is a one-byte CSI),
@@ -144,16 +151,133 @@ class UnsafeFile(ValueError):
     take far more memory than its size once read."""
 
 
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A Markdown table of text cells."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+class UserError(Exception):
+    """A mistake in the command, a file or the data: reported as one line, exit status 2."""
+
+
+# Enough for a path and a reason; a longer message (a compiler's dump) is cut.
+ONE_LINE_CHARACTERS = 300
+
+
+def one_line(message: BaseException | str) -> str:
+    """The first line of a message (an exception's, or a text), spaces collapsed and cut at
+    :data:`ONE_LINE_CHARACTERS`; an exception's type name where it has no message."""
+    lines = [" ".join(line.split()) for line in str(message).splitlines()]
+    first = next((line for line in lines if line), "")
+    if not first:
+        return type(message).__name__ if isinstance(message, BaseException) else ""
+    return first[:ONE_LINE_CHARACTERS]
+
+
+def out_of_gpu_memory(batch_size: int) -> UserError:
+    """What a program says when the GPU cannot hold a batch of ``--batch-size``."""
+    return UserError(
+        f"out of GPU memory at --batch-size {batch_size}; "
+        f"try --batch-size {max(1, batch_size // 2)}"
+    )
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits until ``device`` has done the work queued on it (a timer's reading is then that
+    of the work; the CPU has no queue)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def markdown_table(
+    header: Sequence[str], rows: Iterable[Sequence[str]], align: str | None = None
+) -> str:
+    """A Markdown table of text cells; ``align`` has one letter per column, ``l`` or ``r``
+    (numbers read best right-aligned; none given: the renderer's default)."""
+    rules = {"l": "---|", "r": "---:|"}
+    separator = "|" + "".join(rules[a] for a in align) if align else "|" + "---|" * len(header)
+    lines = ["| " + " | ".join(header) + " |", separator]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def one_line(error: BaseException) -> str:
-    """An exception's message on one line (its type's name where it has none)."""
-    return " ".join(str(error).split()) or type(error).__name__
+UMASK = os.umask(0o022)
+os.umask(UMASK)
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Writes through a temporary file in the same folder, then renames it into place.
+
+    A reader (or a run killed mid-save) sees either the old file or the new one, never half.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp's 0600 would hide results from collaborators
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def link_or_copy(source: Path, path: Path) -> None:
+    """``path`` becomes a second name of ``source`` (a hard link: nothing is copied), or a
+    copy where the file system has no hard links; atomically, as :func:`atomic_write`.
+
+    Files written by :func:`atomic_write` are replaced, never changed in place, so the
+    link keeps the content it was made with when ``source`` is written again."""
+
+    def link(tmp: Path) -> None:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+    atomic_write(path, link)
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+class FileLock:
+    """An exclusive advisory lock (flock) on the file ``path``, for one process at a time:
+    another one is refused at once while the first lives.
+
+    The operating system releases it when the process ends, however it ends, so a killed
+    program never leaves a stale claim. ``remove`` deletes the file on :meth:`release`; a
+    process that locked a file removed meanwhile locks the new one instead.
+    """
+
+    def __init__(self, path: Path, remove: bool = False) -> None:
+        self.path = Path(path)
+        self.remove = remove
+        self._file = None
+
+    def acquire(self) -> bool:
+        """True if this process now holds the lock, False if another one does."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            stream = open(self.path, "a")  # noqa: SIM115 - held open while the lock is held
+            try:
+                fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                stream.close()
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.path).st_ino == os.fstat(stream.fileno()).st_ino:
+                    self._file = stream
+                    return True
+            stream.close()  # the file was removed by its last holder: lock the new one
+
+    def release(self) -> None:
+        if self._file is None:
+            return
+        if self.remove:
+            self.path.unlink(missing_ok=True)
+        self._file.close()  # closing releases the lock
+        self._file = None
 
 
 @contextlib.contextmanager

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -59,7 +58,7 @@ from tqdm import tqdm
 # Run as a script, sys.path[0] is data/; the repository root holds the dataloader package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataloader.images import ImageError, ImageSizeError, cifar_pixels
+from dataloader.images import IMAGE_SUFFIXES, ImageError, ImageSizeError, cifar_pixels
 from dataloader.manifests import (
     CLASSES_FILE,
     MAX_JSON_BYTES,
@@ -69,6 +68,7 @@ from dataloader.manifests import (
     read_manifest,
 )
 from utils import (
+    FileLock,
     end_with_parent,
     file_in_the_way,
     make_output_printable,
@@ -80,7 +80,6 @@ from utils import (
 
 EXIT_BAD_SOURCE = 2
 MAX_SEED = 2**32 - 1  # as train.py's
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 STAMP_FILE = "prepared.json"
 STAMP_FORMAT = 1
 
@@ -381,7 +380,8 @@ def load_image_folder(
                     f"(not a {spec.name} class{hint})"
                 )
             if relative.suffix.lower() not in IMAGE_SUFFIXES:
-                raise SourceError(f"{shown}: unexpected file {name} (images are PNG or JPEG)")
+                suffixes = ", ".join(IMAGE_SUFFIXES)
+                raise SourceError(f"{shown}: unexpected file {name} (images end in {suffixes})")
             per_class[relative.parts[1]].append((name, content))
         if not any(per_class.values()):
             raise SourceError(f"{shown}: no {split}/ folder (or it holds no images)")
@@ -618,32 +618,18 @@ def prepare(
 
 @contextlib.contextmanager
 def claim(out: Path, spec: DatasetSpec) -> Iterator[None]:
-    """Hold an exclusive flock on <out>/.<name>.lock for the run, or refuse at once.
-
-    The kernel releases a flock when its process dies, so a held lock always means a live
-    run. The lock file is removed when done; a run that locked a file removed meanwhile
-    locks the new one instead.
-    """
-    lock_path = out / f".{spec.name}.lock"
-    while True:
-        stream = open(lock_path, "a")  # noqa: SIM115 (held open, and closed, below)
-        try:
-            fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            stream.close()
-            raise SourceError(
-                f"{out / spec.name}: another download_data.py run is preparing it "
-                f"(it holds {lock_path}); wait for it to finish"
-            ) from None
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(lock_path).st_ino == os.fstat(stream.fileno()).st_ino:
-                break
-        stream.close()
+    """Holds the lock <out>/.<name>.lock for the run (removed when done), or refuses at once:
+    a held lock always means a live run, since the kernel releases it when its process dies."""
+    lock = FileLock(out / f".{spec.name}.lock", remove=True)
+    if not lock.acquire():
+        raise SourceError(
+            f"{out / spec.name}: another download_data.py run is preparing it "
+            f"(it holds {lock.path}); wait for it to finish"
+        )
     try:
         yield
     finally:
-        lock_path.unlink(missing_ok=True)
-        stream.close()
+        lock.release()
 
 
 def write_prepared(

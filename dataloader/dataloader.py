@@ -34,8 +34,7 @@ from dataloader.manifests import (
     read_classes,
     read_manifest,
 )
-from training.files import atomic_write
-from utils import load_torch_file, one_line, read_regular_file
+from utils import atomic_write, load_torch_file, one_line, read_regular_file
 
 IMAGE_SHAPE = (3, 32, 32)
 AUGMENTATIONS = ("crop-flip", "none", "imagenet")

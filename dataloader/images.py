@@ -13,19 +13,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps
 
-from utils import one_line
+from utils import UserError, one_line
 
 if TYPE_CHECKING:
     import torch
 
 IMAGE_SIZE = 32  # CIFAR's
+# The files taken as images, in a dataset's folders and among predict.py's inputs: formats
+# that Pillow decodes without plug-ins.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 UINT16_MAX = 65535
 # The ImageNet models were evaluated on the centre 224x224 of each image scaled to a shorter
 # side of 256 (torchvision's Resize(256) and CenterCrop(224) in the authors' main.py).
 IMAGENET_CROP_FRACTION = 224 / 256
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image that decodes but cannot be used as it is; the message says why, in one line."""
 
 
@@ -139,7 +142,7 @@ def read_image_file(path: Path, size: int = IMAGE_SIZE) -> torch.Tensor:
         raise ImageError(f"{path}: cannot use this image ({error})") from None
     except Exception as error:
         # PIL's decoders report damaged or foreign files with many kinds of exception.
-        raise ImageError(f"{path}: not a readable image ({one_line(error)[:300]})") from None
+        raise ImageError(f"{path}: not a readable image ({one_line(error)})") from None
     # torch is imported here, the one place it is needed: data/download_data.py uses the rest
     # of this module and starts about 2 s sooner without it.
     import torch

@@ -13,7 +13,7 @@ import reprlib
 import stat
 from pathlib import Path, PurePosixPath
 
-from utils import one_line, read_regular_file
+from utils import UserError, one_line, read_regular_file
 
 SPLITS = ("train", "valid", "test")
 CLASSES_FILE = "classes.json"
@@ -25,7 +25,7 @@ MAX_IMAGE_BYTES = 64 << 20
 MAX_LABEL_DIGITS = 20
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Bad data input; the message is one line naming the file (and the manifest entry)."""
 
 

@@ -11,8 +11,8 @@ from torch import nn
 import ablate
 from models import SWITCHES, build_model, count_parameters, switch_flags, switch_kwargs
 from models.blocks import Bottleneck, Bridge, ChannelReduction, residual_units
-from training.cli import UserError
 from training.options import parse_args as parse_train_args
+from utils import UserError
 
 DEFAULTS = {key: choices[0] for key, choices in SWITCHES.items()}
 EVERY_VALUE = [(key, value) for key, choices in SWITCHES.items() for value in choices]

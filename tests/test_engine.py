@@ -11,7 +11,6 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from dataloader import DeviceLoader
 from models import build_model
-from training.cli import UserError
 from training.ema import ExponentialMovingAverage
 from training.engine import (
     EpochProgress,
@@ -24,6 +23,7 @@ from training.engine import (
 from training.metrics import evaluate
 from training.optim import make_optimizer, make_scheduler
 from training.options import parse_args, resume_mismatches
+from utils import UserError
 
 CPU = torch.device("cpu")
 

@@ -269,7 +269,7 @@ RESUME_DAMAGE = [
 @pytest.mark.parametrize("damage", MODEL_DAMAGE)
 def test_damaged_checkpoint_is_one_line_for_every_reader(trained_run, tmp_path, damage):
     from training.checkpoint import load_ready_model
-    from training.cli import UserError
+    from utils import UserError
 
     bad = tmp_path / "bad.pt"
     torch.save(_damage(torch.load(trained_run / "last.pt", weights_only=True), damage), bad)
@@ -305,10 +305,10 @@ def test_unwritable_outputs_are_refused_before_training(synthetic_cifar10_dir, t
 
 
 def test_a_second_run_into_the_same_folder_is_refused(synthetic_cifar10_dir, tmp_path):
-    from training.files import FolderLock
+    from utils import FileLock
 
     out = tmp_path / "run"
-    lock = FolderLock(out)
+    lock = FileLock(out / ".lock")
     assert lock.acquire()  # as a first run holds it while it trains
     flags = ["--data", synthetic_cifar10_dir, "--out", out, *SMALL, "--epochs", "1"]
     one_line_error(run_script("train.py", *flags), "another run is writing there")

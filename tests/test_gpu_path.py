@@ -18,7 +18,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import train
 from dataloader import DeviceLoader
 from models import build_model
-from training.cli import UserError
 from training.compilation import CompileWatch
 from training.ema import ExponentialMovingAverage
 from training.engine import (
@@ -31,6 +30,7 @@ from training.engine import (
 )
 from training.metrics import evaluate
 from training.options import parse_args
+from utils import UserError
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")

@@ -11,7 +11,8 @@ from conftest import one_line_error, run_script
 
 import bench
 from training import cli
-from training.cli import DeadlinePassed, UserError, run_child
+from training.cli import DeadlinePassed, run_child
+from utils import UserError
 
 STAGES = (
     "## 1. The machine",

@@ -24,8 +24,7 @@ import training.options
 from data import download_data
 from dataloader import DataError, load_split, read_manifest
 from training.checkpoint import load_checkpoint
-from training.cli import UserError
-from utils import UnsafeFile, load_torch_file, printable
+from utils import UnsafeFile, UserError, load_torch_file, printable
 
 ESCAPES = "\x1b[2J\x1b]0;owned\x07"  # clear the screen, retitle the terminal
 

@@ -1,8 +1,9 @@
-"""The repository's shape: no import cycle among its modules, and the models importable
-from anywhere with the repository on PYTHONPATH."""
+"""The repository's shape: layers that import only the layers below them, no import cycle
+among its modules, and the models importable from anywhere with only torch installed."""
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 from graphlib import CycleError, TopologicalSorter
@@ -11,6 +12,10 @@ from conftest import REPO_ROOT
 
 SCRIPTS = ("train.py", "eval.py", "predict.py", "bench.py", "ablate.py", "hubconf.py")
 MODULES = ("utils.py",)
+# Bottom to top: each layer may import itself and the layers before it, never one after it.
+# models/ is a backbone for other projects: it imports nothing of this repository.
+LAYERS = ("utils", "models", "dataloader", "training", "tools")
+SELF_CONTAINED = {"models"}
 
 
 def module_name(path) -> str:
@@ -57,12 +62,53 @@ def test_no_module_imports_one_that_imports_it_back():
     assert all(not graph[s] & scripts for s in scripts), "a script imports another script"
 
 
-def test_models_import_from_another_folder(tmp_path):
+def layer_of(module: str) -> str:
+    """The layer of a module: its package, or the script layer above every package."""
+    top = module.partition(".")[0]
+    return top if top in LAYERS else "scripts"
+
+
+def allowed_layers(layer: str) -> set[str]:
+    if layer in SELF_CONTAINED:
+        return {layer}
+    if layer == "scripts":
+        return {*LAYERS, "scripts"}
+    return set(LAYERS[: LAYERS.index(layer) + 1])
+
+
+def test_no_layer_imports_a_layer_above_it():
+    modules = project_modules()
+    assert {layer_of(name) for name in modules} == {*LAYERS, "scripts"}
+    wrong = [
+        f"{name} imports {target}"
+        for name, path in modules.items()
+        for target in sorted(imports_of(name, path, set(modules)))
+        if layer_of(target) not in allowed_layers(layer_of(name))
+    ]
+    assert not wrong, "; ".join(wrong)
+
+
+def test_the_layer_rule_sees_an_import_upwards(tmp_path):
+    package = tmp_path / "models"
+    package.mkdir()
+    (package / "helper.py").write_text("from training.cli import run_cli\nimport utils\n")
+    found = imports_of("models.helper", package / "helper.py", {"training.cli", "utils"})
+    assert found == {"training.cli", "utils"}
+    assert not {layer_of(t) for t in found} <= allowed_layers("models")
+
+
+def test_models_import_with_only_torch_besides(tmp_path):
+    """models/ alone, copied away from the repository, builds a network: nothing outside it
+    (utils.py, numpy, Pillow) is needed."""
+    shutil.copytree(
+        REPO_ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns("__pycache__")
+    )
     code = (
+        "import sys; sys.modules.update(numpy=None, PIL=None, utils=None, tqdm=None); "
         "import models, torch; m = models.build_model('fishnet99', width=0.25).eval(); "
         "print(tuple(m(torch.zeros(1, 3, 32, 32)).shape))"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
     )

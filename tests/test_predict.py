@@ -29,7 +29,7 @@ from training.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from training.cli import UserError
+from utils import UserError
 
 
 def train(data: Path, out: Path, *args: str) -> Path:

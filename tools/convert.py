@@ -18,8 +18,8 @@ from pathlib import Path
 from models.convert import ConversionError, convert_state_dict, infer_model, unwrap
 from models.fishnet import CONFIGS
 from training.checkpoint import read_torch_file, save_checkpoint
-from training.cli import UserError, check_output_file, run_cli
-from utils import printable
+from training.cli import check_output_file, run_cli
+from utils import UserError, printable
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -27,10 +27,9 @@ from matplotlib.lines import Line2D
 
 from dataloader.images import read_image_file
 from training.checkpoint import load_ready_model
-from training.cli import HelpFormatter, UserError, check_output_file, first_line, run_cli
+from training.cli import HelpFormatter, check_output_file, run_cli
 from training.distributed import resolve_device
-from training.files import atomic_write
-from utils import printable
+from utils import UserError, atomic_write, one_line, printable
 
 PART_COLORS = {"tail": "tab:blue", "bridge": "tab:purple", "body": "tab:green", "head": "tab:red"}
 # The input panel's width; every other panel in proportion to its resolution, so a 224x224
@@ -134,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     except OSError as error:
-        raise UserError(f"--out {out}: cannot write the figure ({first_line(error)})") from None
+        raise UserError(f"--out {out}: cannot write the figure ({one_line(error)})") from None
     plt.close(fig)
     sizes = ", ".join(f"{n} {f.shape[-2]}x{f.shape[-1]}" for n, f in features.items())
     print(f"{printable(out)}: input {image.shape[-2]}x{image.shape[-1]}, {sizes}")

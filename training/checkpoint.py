@@ -30,10 +30,8 @@ from torch import Tensor, nn
 
 from dataloader import normalize
 from models import MODELS, STEM_INPUT_SIZES, build_model
-from training.cli import UserError, first_line
-from training.files import atomic_write
 from training.precision import AMP_CHOICES, autocast, resolve_amp
-from utils import UnsafeFile, load_torch_file
+from utils import UnsafeFile, UserError, atomic_write, load_torch_file, one_line
 
 CHECKPOINT_FORMAT = "fishnet-cifar-checkpoint"
 CHECKPOINT_FILES = ("last.pt", "best.pt")  # a run folder's checkpoints
@@ -68,7 +66,7 @@ def save_checkpoint(checkpoint: dict, path: Path) -> None:
     except (OSError, RuntimeError) as error:
         # torch.save reports a full disk as a RuntimeError; the previous file is intact.
         raise UserError(
-            f"{path}: cannot write the checkpoint ({first_line(error)}); the previous one, "
+            f"{path}: cannot write the checkpoint ({one_line(error)}); the previous one, "
             "if any, is intact"
         ) from None
 
@@ -85,7 +83,7 @@ def read_torch_file(path: Path, what: str = "checkpoint") -> object:
     except UserError:
         raise
     except UnsafeFile as error:
-        raise UserError(f"{path}: refused, {first_line(error)}") from None
+        raise UserError(f"{path}: refused, {one_line(error)}") from None
     except pickle.UnpicklingError as error:
         if "weights only" in str(error).lower() and "unsupported" in str(error).lower():
             raise UserError(
@@ -94,10 +92,10 @@ def read_torch_file(path: Path, what: str = "checkpoint") -> object:
             ) from None
         raise UserError(f"{path}: not a readable {what} (damaged or not one)") from None
     except OSError as error:
-        raise UserError(f"{path}: cannot read ({first_line(error)})") from None
+        raise UserError(f"{path}: cannot read ({one_line(error)})") from None
     except Exception as error:
         raise UserError(
-            f"{path}: not a readable {what} (damaged, truncated or not one: {first_line(error)})"
+            f"{path}: not a readable {what} (damaged, truncated or not one: {one_line(error)})"
         ) from None
 
 
@@ -213,7 +211,7 @@ def model_from_checkpoint(checkpoint: dict, path: Path, weights: str | None = No
     except (ValueError, RuntimeError, TypeError) as error:
         raise UserError(
             f"{path}: the weights do not fit {spec['name']} with {spec['kwargs']} "
-            f"({first_line(error)})"
+            f"({one_line(error)})"
         ) from None
     num_outputs = spec["kwargs"].get("num_classes", 10)
     if num_outputs != len(checkpoint["classes"]):

@@ -15,19 +15,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from dataloader import DataError
-from dataloader.images import ImageError
 from utils import (
+    UserError,
     end_with_parent,
     file_in_the_way,
     make_output_printable,
     printable,
     stop_signals_to,
 )
-
-
-class UserError(Exception):
-    """A mistake in the command, a file or the data: reported as one line, exit status 2."""
 
 
 class Ended(Exception):
@@ -52,7 +47,7 @@ def run_cli(main: Callable[[], object]) -> None:
     make_output_printable()
     try:
         main()
-    except (UserError, DataError, ImageError) as error:
+    except UserError as error:
         print(f"{program_name()}: error: {printable(error)}", file=sys.stderr)
         sys.exit(2)
     except Ended as ended:
@@ -61,11 +56,6 @@ def run_cli(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print(f"{program_name()}: interrupted", file=sys.stderr)
         sys.exit(130)
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def positive_int(text: str) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch._dynamo.utils import counters, get_compilation_metrics
 
-from training.cli import first_line
+from utils import one_line
 
 # Where Inductor says why it did not use CUDA graphs (a warning, off by default).
 CUDAGRAPH_LOGGER = "torch._inductor.cudagraph_utils.__cudagraphs"
@@ -31,7 +31,7 @@ class _CudagraphSkips(logging.Handler):
         self.reasons: list[tuple[float, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.reasons.append((record.created, first_line(record.getMessage())))
+        self.reasons.append((record.created, one_line(record.getMessage())))
 
 
 _cudagraph_skips = _CudagraphSkips()
@@ -88,10 +88,10 @@ class CompileOutcome:
             )
         ]
         lines += [
-            f"compile: graph break ({count}x): {first_line(reason)}"
+            f"compile: graph break ({count}x): {one_line(reason)}"
             for reason, count in self.graph_breaks.items()
         ]
-        lines += [f"compile: recompiled: {first_line(r)}" for r in self.recompilations]
+        lines += [f"compile: recompiled: {one_line(r)}" for r in self.recompilations]
         lines += [f"compile: CUDA graphs skipped: {r}" for r in self.cudagraph_skip_reasons]
         return lines
 
@@ -112,7 +112,7 @@ class CompileWatch:
     def failed(self, error: BaseException) -> None:
         # BackendCompilerFailed's own first line names the backend, its cause the problem.
         cause = getattr(error, "inner_exception", None) or error
-        self.failure = f"{type(error).__name__}: {first_line(cause)}"
+        self.failure = f"{type(error).__name__}: {one_line(cause)}"
 
     def outcome(self) -> CompileOutcome:
         breaks = {

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from training.cli import UserError, first_line
+from utils import UserError, one_line
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,7 +90,7 @@ def init_distributed(
         except (RuntimeError, ValueError) as error:  # torch's DistError is a RuntimeError
             raise UserError(
                 f"the {world_size} processes did not all join at {address} within "
-                f"{timeout_seconds:g} s ({first_line(error)}); start every one of them, "
+                f"{timeout_seconds:g} s ({one_line(error)}); start every one of them, "
                 "as torchrun does"
             ) from None
     return dist.get_rank(), dist.get_world_size(), device

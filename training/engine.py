@@ -15,12 +15,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from training.cli import UserError
 from training.compilation import COMPILE_ERRORS, CompileWatch, compile_function
 from training.distributed import all_reduce_sum, is_main_process, log
 from training.ema import ExponentialMovingAverage
 from training.metrics import count_topk_correct
 from training.precision import autocast, grad_scaler
+from utils import UserError, out_of_gpu_memory, synchronize
 
 PROGRESS_EVERY = 25  # steps between progress-bar updates, each of which waits for the device
 ESTIMATE_AFTER = 5  # steps after start-up before the run's duration is estimated
@@ -259,11 +259,6 @@ def _agree(first_nonfinite: Tensor, stopping: bool) -> tuple[int, bool]:
     return bad_step, stop < 0
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train_one_epoch(
     step: TrainStep,
     loader,
@@ -322,10 +317,7 @@ def train_one_epoch(
                     progress.seconds += time.perf_counter() - started
                     raise Interrupted(stop.signal or signal.SIGTERM, progress)
     except torch.cuda.OutOfMemoryError:
-        raise UserError(
-            f"out of GPU memory at --batch-size {loader.batch_size}; "
-            f"try --batch-size {max(1, loader.batch_size // 2)}"
-        ) from None
+        raise out_of_gpu_memory(loader.batch_size) from None
     except RuntimeError as error:
         raise_if_not_deterministic(error, device)
         raise
@@ -339,7 +331,7 @@ def _time_the_run(clock: EpochClock, progress: EpochProgress, step: TrainStep, s
     device = step.device
     clock.steps_done += 1
     if clock.steps_done == STARTUP_STEPS:
-        _synchronize(device)
+        synchronize(device)
         clock.steady_from = time.perf_counter()
         progress.startup_seconds = clock.steady_from - clock.started
         log(
@@ -348,7 +340,7 @@ def _time_the_run(clock: EpochClock, progress: EpochProgress, step: TrainStep, s
         )
         step.report_compilation()
     elif clock.steps_done == STARTUP_STEPS + ESTIMATE_AFTER:
-        _synchronize(device)
+        synchronize(device)
         per_step = (time.perf_counter() - clock.steady_from) / ESTIMATE_AFTER
         epoch_minutes = per_step * steps / 60
         hint = "; a CUDA GPU is much faster" if device.type == "cpu" else ""

@@ -6,7 +6,6 @@ from dataloader import AUGMENTATIONS
 from models import INITS, SWITCHES, check_width, model_names, switch_kwargs
 from training.cli import (
     HelpFormatter,
-    UserError,
     at_most,
     fraction,
     non_negative_float,
@@ -17,6 +16,7 @@ from training.cli import (
 from training.distributed import DEFAULT_TIMEOUT_SECONDS
 from training.optim import OPTIMIZERS, SCHEDULES
 from training.precision import AMP_CHOICES
+from utils import UserError
 
 # The recipes, airbench-style: every hyperparameter a preset sets, with its unit, beside
 # it. A preset replaces the defaults; flags given on the command line win. The evidence
@@ -56,34 +56,12 @@ PRESETS = {
     },
 }
 
-# What defines a run: --resume refuses to continue a run when one of these differs, and
-# lets every other flag (where and how fast it runs) change. A checkpoint written before a
-# field existed is taken to hold the field's default, the value that reproduces it.
-RUN_DEFINING = (
-    "model",
-    "width",
-    *SWITCHES,
-    "init",
-    "epochs",
-    "batch_size",
-    "optimizer",
-    "lr",
-    "momentum",
-    "nesterov",
-    "weight_decay",
-    "decay_norm_bias",
-    "schedule",
-    "step_size",
-    "gamma",
-    "warmup_epochs",
-    "label_smoothing",
-    "augment",
-    "cutout",
-    "ema",
-    "seed",
-    "train_subset",
-    "train_on_all",
-)
+# What defines a run: the flags of these argument groups. --resume refuses to continue a run
+# when one of them differs, and lets every other flag (where and how fast it runs) change; a
+# flag added to one of these groups is run-defining with nothing else to edit. A checkpoint
+# written before a field existed is taken to hold the field's default, the value that
+# reproduces it.
+RUN_DEFINING_GROUPS = ("model", "FishNet ablation switches", "recipe")
 
 
 # Upper bounds of the flags whose larger values would only hang, overflow or exhaust the
@@ -120,9 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--preset", default="seed", choices=PRESETS, help="a named recipe; flags override it")
     add("--data", default="data/cifar10", help="folder made by data/download_data.py")
-    add("--model", default="fishnet99", choices=model_names(), help="the network")
-    add("--width", type=model_width, default=1.0, help="channel multiplier (multiple of 1/16)")
-    add("--init", default=INITS[0], choices=INITS, help="weight initialisation")
+    model = parser.add_argument_group("model").add_argument
+    model("--model", default="fishnet99", choices=model_names(), help="the network")
+    model("--width", type=model_width, default=1.0, help="channel multiplier (multiple of 1/16)")
+    model("--init", default=INITS[0], choices=INITS, help="weight initialisation")
     # FishNet's ablation switches (README, "Ablations"): each default is the paper's choice.
     switch = parser.add_argument_group("FishNet ablation switches").add_argument
     switch(
@@ -307,10 +286,22 @@ def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+def run_defining_fields(parser: argparse.ArgumentParser | None = None) -> list[str]:
+    """The destinations of the flags in :data:`RUN_DEFINING_GROUPS` (train.py's parser by
+    default), in the order of ``--help``."""
+    parser = parser or build_parser()
+    # argparse keeps a group's actions in private fields; it has no public way to list them.
+    groups = {group.title: group for group in parser._action_groups}
+    return [action.dest for title in RUN_DEFINING_GROUPS for action in groups[title]._group_actions]
+
+
 def resume_mismatches(saved: dict, args: argparse.Namespace) -> list[str]:
     """The run-defining flags whose values differ between a checkpoint and ``args``."""
-    defaults = build_parser().parse_args([])
-    fields = [f for f in RUN_DEFINING if not (f == "epochs" and args.schedule == "step")]
+    parser = build_parser()
+    defaults = parser.parse_args([])
+    fields = [
+        f for f in run_defining_fields(parser) if not (f == "epochs" and args.schedule == "step")
+    ]
     # A step schedule does not depend on the run's length, so such a run may be extended.
     return [
         f"{_flag(key)} {saved.get(key, getattr(defaults, key))} (now {getattr(args, key)})"

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from training.files import atomic_write
-from utils import printable
+from utils import atomic_write, printable
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
