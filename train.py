@@ -55,7 +55,13 @@ from training.engine import (
 from training.files import FolderLock, link_or_copy, write_text
 from training.metrics import EvaluationStopped, evaluate
 from training.optim import make_optimizer, make_scheduler
-from training.options import DEFAULT_EVAL_BATCH_SIZE, parse_args, resume_mismatches
+from training.options import (
+    DEFAULT_EVAL_BATCH_SIZE,
+    optimizer_kwargs,
+    parse_args,
+    resume_mismatches,
+    scheduler_kwargs,
+)
 from training.plots import write_history
 from training.precision import resolve_amp
 
@@ -398,8 +404,11 @@ class Run:
             model = model.to(memory_format=torch.channels_last)
         if args.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        optimizer = make_optimizer(args, model, device)
-        scheduler = make_scheduler(args, optimizer, len(data.train))
+        # Fused kernels update every parameter in a few launches instead of one per tensor.
+        optimizer = make_optimizer(model, **optimizer_kwargs(args), fused=device.type == "cuda")
+        scheduler = make_scheduler(
+            optimizer, **scheduler_kwargs(args), steps_per_epoch=len(data.train)
+        )
         ema = ExponentialMovingAverage(model, args.ema) if args.ema is not None else None
         amp = resolve_amp(args.amp, device)
         compiled, mode, note = choose_compile(
