@@ -64,6 +64,18 @@ def test_an_epoch_trains_full_batches_and_sums_its_metrics():
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
+def test_an_interrupted_epoch_resumes_its_sums_named_or_not():
+    """A checkpoint written before the sums were named holds loss, top-1 and top-5 hits."""
+    older = {"lr": 0.1, "totals": torch.tensor([46.0, 3.0, 9.0]), "samples": 20, "seconds": 1.5}
+    progress = EpochProgress.from_state_dict(older, CPU)
+    assert progress.values() == {"loss": 2.3, "top1": 15.0, "top5": 45.0}
+    again = EpochProgress.from_state_dict(progress.state_dict(), CPU)
+    assert torch.equal(again.sums, progress.sums) and again.samples == 20
+    assert progress.state_dict()["metrics"] == ["loss", "top1", "top5"]
+    with pytest.raises(ValueError, match="no sums of top5"):
+        EpochProgress.from_state_dict({**older, "metrics": ["loss", "top1", "top3"]}, CPU)
+
+
 def test_identity_init_starts_at_the_uniform_loss():
     _, _model, loader, step, _, _ = tiny_run("--preset", "fast", "--batch-size", "32")
     loader.set_epoch(0)
