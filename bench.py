@@ -189,30 +189,23 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 def bench_train(args: argparse.Namespace) -> None:
     if args.json is not None:
         check_output_file(args.json, "--json", kind="text")
-    run = parse_train_args(
-        [
-            *("--model", args.model, "--width", str(args.width), "--data", str(args.data)),
-            *("--batch-size", str(args.batch_size), "--device", args.device),
-        ],
-        passed_on_by="bench.py",
-    )
-    rank, world_size, device = init_distributed(run.device)
+    rank, world_size, device = init_distributed(args.device)
     amp = resolve_amp(args.amp, device)
     compiled = device.type == "cuda" if args.compile is None else args.compile
     mode = args.compile_mode if device.type == "cuda" and world_size == 1 else None
     torch.backends.cudnn.benchmark = True
-    images, labels = load_split(run.data, "train")
-    if len(labels) < run.batch_size * world_size:
+    images, labels = load_split(args.data, "train")
+    if len(labels) < args.batch_size * world_size:
         raise UserError(
-            f"--batch-size {run.batch_size} x {world_size} process(es) is more than the "
-            f"{len(labels)} training images of {run.data}; use a smaller --batch-size"
+            f"--batch-size {args.batch_size} x {world_size} process(es) is more than the "
+            f"{len(labels)} training images of {args.data}; use a smaller --batch-size"
         )
     mean, std = channel_stats(images)
-    classes = len(read_classes(run.data))
+    classes = len(read_classes(args.data))
 
     def fresh_model(channels_last: bool) -> nn.Module:
         torch.manual_seed(0)
-        model = build_model(run.model, num_classes=classes, width=run.width).to(device)
+        model = build_model(args.model, num_classes=classes, width=args.width).to(device)
         return model.to(memory_format=torch.channels_last) if channels_last else model
 
     reference = fresh_model(False)
@@ -220,7 +213,7 @@ def bench_train(args: argparse.Namespace) -> None:
     peak = peak_tflops(device, args.peak_tflops)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     log(
-        f"{run.model} (width {run.width}), batch {run.batch_size} per process, "
+        f"{args.model} (width {args.width}), batch {args.batch_size} per process, "
         f"{world_size} process(es) on {device.type} ({name}), "
         f"{flops_per_image / 6e6:.1f} M MACs per image, {args.steps} steps after {args.warmup}"
     )
@@ -230,7 +223,7 @@ def bench_train(args: argparse.Namespace) -> None:
     loader = DeviceLoader(
         images,
         labels,
-        run.batch_size,
+        args.batch_size,
         mean=mean,
         std=std,
         train=True,
@@ -240,7 +233,8 @@ def bench_train(args: argparse.Namespace) -> None:
         world_size=world_size,
         drop_last=True,
     )
-    optimizer = make_optimizer(run, ours, device)
+    # train.py's default recipe (SGD), with its fused update on CUDA.
+    optimizer = make_optimizer(ours, fused=device.type == "cuda")
     step = TrainStep(
         distribute(ours, device),
         optimizer,
@@ -255,10 +249,8 @@ def bench_train(args: argparse.Namespace) -> None:
     seconds, seen = time_steps(step, batches, device, args.steps)
     ours_rate = seen / seconds
 
-    seed_loader = seed_style_loader(run.data, run.batch_size, args.workers, mean, std, device)
-    seed_optimizer = torch.optim.SGD(
-        reference.parameters(), lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay
-    )
+    seed_loader = seed_style_loader(args.data, args.batch_size, args.workers, mean, std, device)
+    seed_optimizer = make_optimizer(reference)  # the seeds' SGD, not fused
     seed_step = TrainStep(distribute(reference, device), seed_optimizer, criterion, device, "off")
     seed_batches = forever(seed_loader)
     seed_startup, _ = time_steps(seed_step, seed_batches, device, args.warmup)
@@ -309,9 +301,9 @@ def bench_train(args: argparse.Namespace) -> None:
     log(f"ratio: {ours_rate / seed_rate:.2f}x")
     if args.json is not None and is_main_process():
         figures = {
-            "model": run.model,
-            "width": run.width,
-            "batch_size": run.batch_size,
+            "model": args.model,
+            "width": args.width,
+            "batch_size": args.batch_size,
             "processes": world_size,
             "device": name,
             "steps": args.steps,

@@ -23,7 +23,7 @@ from training.cli import (
     run_cli,
 )
 from training.distributed import resolve_device
-from training.metrics import evaluate, per_class_accuracy
+from training.metrics import METRICS, Metric, evaluate, per_class_accuracy
 from training.options import DEFAULT_EVAL_BATCH_SIZE, MAX_BATCH_SIZE
 from training.plots import plot_confusion
 from training.precision import AMP_CHOICES
@@ -142,28 +142,33 @@ def evaluate_splits(args, ready, data_dir: Path) -> dict[str, dict]:
     return results
 
 
+# The metrics in percent: eval.py's table shows them first, and --json holds them only.
+ACCURACIES = [metric for metric in METRICS if metric.unit == "%"]
+
+
 def report(args, checkpoint: dict, classes: list[str], results: dict[str, dict]) -> None:
     if args.json:
-        keys = ("top1", "top5", "flip_top1", "flip_top5")
+        keys = [m.key for m in ACCURACIES] + [f"flip_{m.key}" for m in ACCURACIES if m.flip]
         print(
             json.dumps({s: {k: r[k] for k in keys if k in r} for s, r in results.items()}, indent=1)
         )
         return
     model, epoch = checkpoint["model"]["name"], checkpoint["epoch"]
     print(f"{printable(args.checkpoint)}: {model}, epoch {epoch}\n")
-    header = ["split", "images", "top-1 (%)", "top-5 (%)", "loss", "seconds"]
-    header += ["flip top-1 (%)", "flip top-5 (%)"] if args.flip else []
+    # The accuracies first, then the loss, then the time; the scores with flipped images last.
+    columns = [*ACCURACIES, *(metric for metric in METRICS if metric not in ACCURACIES)]
+    flipped = [metric for metric in columns if metric.flip] if args.flip else []
+    header = ["split", "images", *(_heading(m) for m in columns), "seconds"]
+    header += [f"flip {_heading(m)}" for m in flipped]
     rows = []
     for split, r in results.items():
         row = [
             split,
             f"{r['samples']:,}",
-            f"{r['top1']:.2f}",
-            f"{r['top5']:.2f}",
-            f"{r['loss']:.4f}",
+            *(f"{r[m.key]:.{m.report_digits}f}" for m in columns),
             f"{r['seconds']:.1f}",
         ]
-        rows.append(row + ([f"{r['flip_top1']:.2f}", f"{r['flip_top5']:.2f}"] if args.flip else []))
+        rows.append(row + [f"{r[f'flip_{m.key}']:.{m.report_digits}f}" for m in flipped])
     print(markdown_table(header, rows))
     per_class = {s: per_class_accuracy(r["confusion"]) for s, r in results.items()}
     rows = [
@@ -172,6 +177,11 @@ def report(args, checkpoint: dict, classes: list[str], results: dict[str, dict])
     ]
     print("\nper-class top-1 (%):\n")
     print(markdown_table(["class", *results], rows))
+
+
+def _heading(metric: Metric) -> str:
+    """A metric's column heading: "top-1 (%)", "loss"."""
+    return f"{metric.label} ({metric.unit})" if metric.unit else metric.label
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -52,15 +52,26 @@ from training.engine import (
     seed_everything,
     train_one_epoch,
 )
-from training.metrics import EvaluationStopped, evaluate
+from training.metrics import (
+    HEADLINE,
+    EvaluationStopped,
+    describe_scores,
+    evaluate,
+    score_keys,
+)
 from training.optim import make_optimizer, make_scheduler
-from training.options import DEFAULT_EVAL_BATCH_SIZE, parse_args, resume_mismatches
+from training.options import (
+    DEFAULT_EVAL_BATCH_SIZE,
+    optimizer_kwargs,
+    parse_args,
+    resume_mismatches,
+    scheduler_kwargs,
+)
 from training.plots import write_history
 from training.precision import resolve_amp
 from utils import FileLock, UserError, link_or_copy, one_line, write_text
 
 OUTPUT_FILES = (*CHECKPOINT_FILES, "history.json", "history.csv", "acc.png", "loss.png")
-SCORES = ("loss", "top1", "top5", "flip_top1", "flip_top5")
 # Compiling the step saves about 40 % of every step: on one H100, FishNet-99 trained
 # 7,514 images/s eagerly and 12,330 compiled with CUDA graphs (batch 512, 2026-11-23), 52 us
 # per image. The first compilation on a machine took about 2 minutes there; later ones
@@ -139,7 +150,7 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
                     desc=f"{split} after epoch {epoch + 1}",
                     should_stop=lambda: stop.signal is not None,
                 )
-                row.update({f"{split}_{key}": scores[key] for key in SCORES if key in scores})
+                row.update({f"{split}_{key}": scores[key] for key in score_keys(args.flip_eval)})
         except EvaluationStopped:
             # The epoch's training is saved as an epoch interrupted at its end: --resume
             # runs only its evaluation. Waiting for the evaluation could outlast the grace
@@ -398,8 +409,11 @@ class Run:
             model = model.to(memory_format=torch.channels_last)
         if args.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        optimizer = make_optimizer(args, model, device)
-        scheduler = make_scheduler(args, optimizer, len(data.train))
+        # Fused kernels update every parameter in a few launches instead of one per tensor.
+        optimizer = make_optimizer(model, **optimizer_kwargs(args), fused=device.type == "cuda")
+        scheduler = make_scheduler(
+            optimizer, **scheduler_kwargs(args), steps_per_epoch=len(data.train)
+        )
         ema = ExponentialMovingAverage(model, args.ema) if args.ema is not None else None
         amp = resolve_amp(args.amp, device)
         compiled, mode, note = choose_compile(
@@ -486,14 +500,7 @@ class Run:
         if dist.is_initialized():
             loaders = [None] * world_size
             dist.all_gather_object(loaders, data.train.state_dict())
-        progress = stopped.progress
-        totals = progress.sums().clone()
-        if dist.is_initialized():
-            dist.all_reduce(totals)
-            samples = torch.tensor([progress.samples], device=totals.device)
-            dist.all_reduce(samples)
-            progress.samples = int(samples)
-        progress.loss_sum, progress.top1_hits, progress.top5_hits = totals.unbind()
+        progress = stopped.progress.summed_over_processes()
         self.state.partial = {"loaders": loaders, "progress": progress.state_dict()}
         if main_process:
             self.save(self.checkpoint(data, epoch), out, is_best=False)
@@ -515,7 +522,7 @@ class Run:
         state = self.state
         state.history.append(row)
         state.epoch = row["epoch"]
-        score = row.get("valid_top1")
+        score = row.get(f"valid_{HEADLINE}")
         is_best = score is None or score > state.best_valid_top1
         if score is not None:
             state.best_valid_top1 = max(state.best_valid_top1, score)
@@ -583,15 +590,10 @@ class Run:
 
 
 def describe_epoch(row: dict, epochs: int, is_best: bool) -> str:
-    splits = [s for s in ("valid", "test") if f"{s}_top1" in row]
-    scores = "  ".join(
-        f"{s} loss {row[f'{s}_loss']:.3f} top-1 {row[f'{s}_top1']:.2f} top-5 {row[f'{s}_top5']:.2f}"
-        + (f" (flip {row[f'{s}_flip_top1']:.2f})" if f"{s}_flip_top1" in row else "")
-        for s in splits
-    )
+    splits = [s for s in ("train", "valid", "test") if f"{s}_{HEADLINE}" in row]
+    scores = "  ".join(describe_scores(row, split) for split in splits)
     return (
-        f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.3f} "
-        f"top-1 {row['train_top1']:.2f} top-5 {row['train_top5']:.2f}  {scores}  "
+        f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  {scores}  "
         f"{row['images_per_sec']:.0f} img/s  train {row['epoch_time']:.1f} s "
         f"(start-up {row['startup_time']:.1f} s) + eval {row['eval_time']:.1f} s"
         + ("  (best)" if is_best else "")

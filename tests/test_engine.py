@@ -22,7 +22,7 @@ from training.engine import (
 )
 from training.metrics import evaluate
 from training.optim import make_optimizer, make_scheduler
-from training.options import parse_args, resume_mismatches
+from training.options import optimizer_kwargs, parse_args, resume_mismatches, scheduler_kwargs
 from utils import UserError
 
 CPU = torch.device("cpu")
@@ -38,8 +38,8 @@ def tiny_run(*flags: str, images: int = 80, batch: int = 32, compiled=False, bac
     labels = torch.arange(images) % 10
     loader = DeviceLoader(pixels, labels, batch, mean=(0.5,) * 3, std=(0.25,) * 3, train=True,
                           drop_last=True, seed=0)  # fmt: skip
-    optimizer = make_optimizer(args, model, CPU)
-    scheduler = make_scheduler(args, optimizer, len(loader))
+    optimizer = make_optimizer(model, **optimizer_kwargs(args))
+    scheduler = make_scheduler(optimizer, **scheduler_kwargs(args), steps_per_epoch=len(loader))
     ema = ExponentialMovingAverage(model, args.ema) if args.ema is not None else None
     step = TrainStep(model, optimizer, nn.CrossEntropyLoss(), CPU, "off", ema=ema,
                      compiled=compiled, compile_backend=backend)  # fmt: skip
@@ -62,6 +62,18 @@ def test_an_epoch_trains_full_batches_and_sums_its_metrics():
     assert summary["train_samples"] == 64 and 0 <= summary["train_top1"] <= 100
     assert math.isfinite(summary["train_loss"])
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_an_interrupted_epoch_resumes_its_sums_named_or_not():
+    """A checkpoint written before the sums were named holds loss, top-1 and top-5 hits."""
+    older = {"lr": 0.1, "totals": torch.tensor([46.0, 3.0, 9.0]), "samples": 20, "seconds": 1.5}
+    progress = EpochProgress.from_state_dict(older, CPU)
+    assert progress.values() == {"loss": 2.3, "top1": 15.0, "top5": 45.0}
+    again = EpochProgress.from_state_dict(progress.state_dict(), CPU)
+    assert torch.equal(again.sums, progress.sums) and again.samples == 20
+    assert progress.state_dict()["metrics"] == ["loss", "top1", "top5"]
+    with pytest.raises(ValueError, match="no sums of top5"):
+        EpochProgress.from_state_dict({**older, "metrics": ["loss", "top1", "top3"]}, CPU)
 
 
 def test_identity_init_starts_at_the_uniform_loss():
@@ -186,20 +198,59 @@ def test_every_schedule_warms_up(schedule):
 
 
 def test_unknown_optimizer_or_schedule_is_an_error():
-    args, model, *_ = tiny_run()
-    args.optimizer = "lbfgs"
+    model = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'"):
-        make_optimizer(args, model, CPU)
-    args.optimizer, args.schedule = "sgd", "exponential"
+        make_optimizer(model, name="lbfgs")
     with pytest.raises(ValueError, match="unknown schedule 'exponential'"):
-        make_scheduler(args, make_optimizer(args, model, CPU), 10)
+        make_scheduler(make_optimizer(model), name="exponential", epochs=1, steps_per_epoch=10,
+                       lr=0.1)  # fmt: skip
 
 
 def test_no_weight_decay_on_norm_and_bias():
     args, model, *_ = tiny_run("--no-decay-norm-bias")
-    groups = make_optimizer(args, model, CPU).param_groups
+    groups = make_optimizer(model, **optimizer_kwargs(args)).param_groups
     assert [g["weight_decay"] for g in groups] == [args.weight_decay, 0.0]
     assert all(p.ndim == 1 for p in groups[1]["params"]) and groups[1]["params"]
+
+
+# Every step's rate of each schedule (5 steps an epoch, SGD at lr 0.4), as the schedules
+# gave them when they read train.py's flags directly: exact, in hexadecimal.
+SCHEDULE_RATES = {
+    ("step", 4, 1, 0.5, None): ["0x1.999999999999ap-2"] * 5 + ["0x1.999999999999ap-3"] * 5
+    + ["0x1.999999999999ap-4"] * 5 + ["0x1.999999999999ap-5"] * 5,
+    ("step", 4, 2, 0.1, 1.0): ["0x1.47ae147ae147cp-4", "0x1.26e978d4fdf3dp-3",
+        "0x1.a9fbe76c8b43cp-3", "0x1.16872b020c49dp-2", "0x1.5810624dd2f1dp-2"]
+    + ["0x1.999999999999ap-2"] * 10 + ["0x1.47ae147ae147cp-5"] * 5,
+    ("cosine", 3, 30, 0.1, 0.5): ["0x1.999999999999ap-3", "0x1.3333333333334p-2",
+        "0x1.999999999999ap-2", "0x1.93a61d4687ecdp-2", "0x1.8224326694d2ap-2",
+        "0x1.661852001459fp-2", "0x1.4123c0c42d3a5p-2", "0x1.156c4f07145eep-2",
+        "0x1.caf8c9791064ap-3", "0x1.683a69ba22cedp-3", "0x1.085a95250a75cp-3",
+        "0x1.61d76355b17dbp-4", "0x1.9c0a3ccc29fd8p-5", "0x1.775673304c70ep-6",
+        "0x1.7cdf14c46b335p-8"],
+    ("onecycle", 3, 30, 0.1, None): ["0x1.0624dd2f1aa00p-6", "0x1.69a2bb25c44e4p-4",
+        "0x1.00bdcc1d3297ep-2", "0x1.8621332dd735fp-2", "0x1.975004163d23ap-2",
+        "0x1.8551898fc1ee6p-2", "0x1.62ede2ce54e97p-2", "0x1.33334e0b25cdfp-2",
+        "0x1.f4beefeb35d1bp-3", "0x1.7afe0852c966fp-3", "0x1.03f563c157cfdp-3",
+        "0x1.347145fcb3ed5p-4", "0x1.1cb3cde77b286p-5", "0x1.23359644c6913p-7",
+        "0x1.ad7f29abcaf48p-20"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", SCHEDULE_RATES, ids=lambda case: f"{case[0]}-{case[-1]}")
+def test_every_schedule_gives_the_rates_it_always_gave(case):
+    name, epochs, step_size, gamma, warmup = case
+    flags = ["--optimizer", "sgd", "--lr", "0.4", "--nesterov", "--weight-decay", "5e-4",
+             "--no-decay-norm-bias", "--schedule", name, "--epochs", str(epochs),
+             "--step-size", str(step_size), "--gamma", str(gamma)]  # fmt: skip
+    args = parse_args(flags + (["--warmup-epochs", str(warmup)] if warmup is not None else []))
+    optimizer = make_optimizer(nn.Linear(2, 2), **optimizer_kwargs(args))
+    scheduler = make_scheduler(optimizer, **scheduler_kwargs(args), steps_per_epoch=5)
+    rates = []
+    for _ in range(epochs * 5):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates == [float.fromhex(rate) for rate in SCHEDULE_RATES[case]]
 
 
 def test_resume_names_changed_fields_and_accepts_older_checkpoints():

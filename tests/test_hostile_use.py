@@ -466,12 +466,11 @@ def test_numeric_flags_are_bounded_and_named_by_their_program(command, message, 
 
 def test_a_warmup_of_nearly_the_whole_run_leaves_the_schedule_a_step():
     from training.optim import make_optimizer, make_scheduler
-    from training.options import parse_args
 
-    args = parse_args(["--schedule", "cosine", "--epochs", "1", "--warmup-epochs", "0.99"])
-    model = torch.nn.Linear(2, 2)
-    optimizer = make_optimizer(args, model, torch.device("cpu"))
-    scheduler = make_scheduler(args, optimizer, 20)
+    optimizer = make_optimizer(torch.nn.Linear(2, 2))
+    scheduler = make_scheduler(
+        optimizer, name="cosine", epochs=1, steps_per_epoch=20, lr=0.1, warmup_epochs=0.99
+    )
     for _ in range(20):
         optimizer.step()
         scheduler.step()

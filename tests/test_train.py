@@ -185,3 +185,17 @@ def test_eval_refuses_data_the_run_was_not_scored_on(synthetic_cifar10_dir, tmp_
     checkpoint["dataset"]["path"] = str(swapped)
     torch.save(checkpoint, tmp_path / "moved.pt")
     one_line_error(run_script("eval.py", tmp_path / "moved.pt", "--device", "cpu"), "valid split")
+
+
+def test_the_epoch_line_reads_every_metric_of_the_row():
+    from train import describe_epoch
+
+    row = {"epoch": 2, "lr": 0.05, "train_loss": 2.1, "train_top1": 20.0, "train_top5": 60.0,
+           "valid_loss": 2.3456, "valid_top1": 18.0, "valid_top5": 55.125,
+           "valid_flip_top1": 19.5, "valid_flip_top5": 56.0, "images_per_sec": 1234.4,
+           "epoch_time": 5.04, "startup_time": 1.0, "eval_time": 0.25}  # fmt: skip
+    assert describe_epoch(row, 3, is_best=True) == (
+        "epoch 2/3  lr 0.05  train loss 2.100 top-1 20.00 top-5 60.00  valid loss 2.346 "
+        "top-1 18.00 top-5 55.12 (flip 19.50)  1234 img/s  train 5.0 s (start-up 1.0 s) + "
+        "eval 0.2 s  (best)"
+    )

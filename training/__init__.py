@@ -6,7 +6,7 @@ Leaf modules, each importable on its own (this package imports none of them):
 - ``files``: atomic writes
 - ``distributed``: devices, torchrun process groups, main-process logging
 - ``precision``: mixed precision (bf16, or fp16 with a gradient scaler)
-- ``metrics``: top-k counts and the evaluation of a split
+- ``metrics``: the metric table (loss, top-1, top-5) and the evaluation of a split
 - ``checkpoint``: the checkpoint format and the way from a checkpoint to a ready model
 - ``plots``: history files, accuracy and loss curves, confusion matrices
 - ``optim``: the optimizer and learning-rate schedule tables

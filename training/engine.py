@@ -18,7 +18,7 @@ from tqdm import tqdm
 from training.compilation import COMPILE_ERRORS, CompileWatch, compile_function
 from training.distributed import all_reduce_sum, is_main_process, log
 from training.ema import ExponentialMovingAverage
-from training.metrics import count_topk_correct
+from training.metrics import METRICS, batch_sums, metric_values
 from training.precision import autocast, grad_scaler
 from utils import UserError, out_of_gpu_memory, synchronize
 
@@ -26,6 +26,9 @@ PROGRESS_EVERY = 25  # steps between progress-bar updates, each of which waits f
 ESTIMATE_AFTER = 5  # steps after start-up before the run's duration is estimated
 STARTUP_STEPS = 3  # compilation, CUDA-graph capture and cuDNN autotuning happen in these
 NO_STEP = 2**62  # "no step yet" for the device-side record of the first non-finite loss
+PROGRESS_BAR = {"loss": ".3f", "top1": ".1f"}  # the metrics the progress bar shows, briefly
+# The metrics, in order, of the sums of an interrupted epoch saved before they were named.
+UNNAMED_SUMS = ("loss", "top1", "top5")
 
 
 class Interrupted(Exception):
@@ -64,9 +67,9 @@ NOT_DETERMINISTIC = "does not have a deterministic implementation"
 class TrainStep:
     """One optimizer step: forward, loss, backward, update, moving average.
 
-    The forward pass and loss (with the top-k hits, so the logits never leave the graph)
-    may be compiled; ``compile_mode="reduce-overhead"`` replays them as CUDA graphs, whose
-    outputs are read before the next step overwrites them. The optimizer is a fused one,
+    The forward pass and loss (with the batch's metric sums, so the logits never leave the
+    graph) may be compiled; ``compile_mode="reduce-overhead"`` replays them as CUDA graphs,
+    whose outputs are read before the next step overwrites them. The optimizer is a fused one,
     outside the graph, so the learning rate may change every step. What compilation did is
     in ``compile_watch``; if it fails, the step says so once and runs eagerly.
     """
@@ -106,20 +109,22 @@ class TrainStep:
         with autocast(self.device, self.amp):
             logits = self.model(images)
             loss = self.criterion(logits, labels)
-        return loss, count_topk_correct(logits.detach(), labels)
+        # The loss as the training criterion defines it (label smoothing included).
+        loss_sum = loss.detach().float() * labels.shape[0]
+        return loss, batch_sums(logits.detach(), labels, loss_sum)
 
     def _forward_backward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()
-        loss, hits = self.forward(images, labels)
+        loss, sums = self.forward(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        return loss, hits
+        return loss, sums
 
     def __call__(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """(float32 loss, top-1 and top-5 hits), both detached and on the device."""
+        """(float32 loss, the batch's metric sums), both detached and on the device."""
         try:
-            loss, hits = self._forward_backward(images, labels)
+            loss, sums = self._forward_backward(images, labels)
         except COMPILE_ERRORS as error:
             if not self.compiled:
                 raise
@@ -128,12 +133,12 @@ class TrainStep:
             self.forward = self.forward_loss
             if self.compile_reported:
                 log("\n".join(self.compile_watch.outcome().describe(cudagraphs=False)))
-            loss, hits = self._forward_backward(images, labels)
+            loss, sums = self._forward_backward(images, labels)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
             self.ema.update()
-        return loss.detach().float(), hits
+        return loss.detach().float(), sums
 
     def report_compilation(self) -> None:
         """Prints what compilation did so far (after the start-up steps)."""
@@ -176,49 +181,47 @@ def raise_if_not_deterministic(error: RuntimeError, device: torch.device) -> Non
 
 @dataclass
 class EpochProgress:
-    """An epoch's sums so far, kept on the device and read only at progress updates; an
-    interrupted epoch carries them into the resumed run, which then logs what an unbroken
-    one would."""
+    """An epoch's sums so far, one per metric of training.metrics.METRICS, kept on the
+    device and read only at progress updates; an interrupted epoch carries them into the
+    resumed run, which then logs what an unbroken one would."""
 
     lr: float
-    loss_sum: Tensor
-    top1_hits: Tensor
-    top5_hits: Tensor
+    sums: Tensor  # float64, in the order of METRICS
     samples: int = 0
     seconds: float = 0.0
     startup_seconds: float = 0.0
 
     @classmethod
     def start(cls, lr: float, device: torch.device) -> "EpochProgress":
-        zero = torch.zeros((), device=device, dtype=torch.float64)
-        return cls(lr, zero, zero.clone(), zero.clone())
+        return cls(lr, torch.zeros(len(METRICS), device=device, dtype=torch.float64))
 
-    def add(self, loss: Tensor, hits: Tensor, count: int) -> None:
-        self.loss_sum += loss * count
-        self.top1_hits += hits[0]
-        self.top5_hits += hits[1]
+    def add(self, sums: Tensor, count: int) -> None:
+        self.sums += sums
         self.samples += count
 
-    def sums(self) -> Tensor:
-        return torch.stack([self.loss_sum, self.top1_hits, self.top5_hits])
+    def values(self) -> dict[str, float]:
+        """This process's metrics so far, by key; waits for the device."""
+        return metric_values(self.sums.tolist(), self.samples)
+
+    def summed_over_processes(self) -> "EpochProgress":
+        """The sums and images of every process (under torchrun), as one progress."""
+        sums = all_reduce_sum(self.sums.clone())
+        samples = int(all_reduce_sum(torch.tensor([self.samples], device=sums.device)))
+        return EpochProgress(self.lr, sums, samples, self.seconds, self.startup_seconds)
 
     def summary(self) -> dict:
-        """Mean loss and top-1/top-5 (percent) over the processes; waits for the device."""
-        totals = all_reduce_sum(self.sums().clone())
-        samples = int(all_reduce_sum(torch.tensor([self.samples], device=totals.device)))
-        loss_sum, top1, top5 = totals.tolist()
-        return {
-            "train_loss": loss_sum / samples,
-            "train_top1": 100 * top1 / samples,
-            "train_top5": 100 * top5 / samples,
-            "train_samples": samples,
-        }
+        """Every metric over the processes, as train_KEY, and the number of images; waits
+        for the device."""
+        total = self.summed_over_processes()
+        values = {f"train_{key}": value for key, value in total.values().items()}
+        return {**values, "train_samples": total.samples}
 
     def state_dict(self) -> dict:
-        """This process's sums, on the CPU."""
+        """This process's sums, on the CPU, with the metrics they are the sums of."""
         return {
             "lr": self.lr,
-            "totals": self.sums().cpu(),
+            "totals": self.sums.cpu(),
+            "metrics": [metric.key for metric in METRICS],
             "samples": self.samples,
             "seconds": self.seconds,
             "startup_seconds": self.startup_seconds,
@@ -226,12 +229,19 @@ class EpochProgress:
 
     @classmethod
     def from_state_dict(cls, state: dict, device: torch.device) -> "EpochProgress":
-        loss_sum, top1, top5 = state["totals"].to(device, torch.float64).unbind()
+        """The progress of :meth:`state_dict`, or of a checkpoint written before the sums
+        were named (loss, top-1, top-5); ValueError if a metric's sum is missing."""
+        totals = state["totals"].to(device, torch.float64)
+        names = state.get("metrics", UNNAMED_SUMS)
+        if totals.shape != (len(names),):
+            raise ValueError(f"{tuple(totals.shape)} sums for {len(names)} metrics")
+        saved = dict(zip(names, totals.unbind(), strict=True))
+        missing = [metric.key for metric in METRICS if metric.key not in saved]
+        if missing:
+            raise ValueError(f"the interrupted epoch has no sums of {', '.join(missing)}")
         return cls(
             float(state["lr"]),
-            loss_sum.clone(),
-            top1.clone(),
-            top5.clone(),
+            torch.stack([saved[metric.key] for metric in METRICS]),
             int(state["samples"]),
             float(state["seconds"]),
             float(state.get("startup_seconds", 0.0)),
@@ -275,7 +285,7 @@ def train_one_epoch(
     ``clock``, given for the first epoch a process runs, times the start-up steps and
     prints an estimate of the run's duration before the epoch ends.
     """
-    device = progress.loss_sum.device
+    device = progress.sums.device
     first_nonfinite = torch.full((), NO_STEP, device=device)
     started = time.perf_counter()
     bar = tqdm(
@@ -290,9 +300,9 @@ def train_one_epoch(
     step.model.train()
     try:
         for index, (images, labels) in enumerate(bar, start=loader.step):
-            loss, hits = step(images, labels)
+            loss, sums = step(images, labels)
             scheduler.step()
-            progress.add(loss, hits, len(labels))
+            progress.add(sums, len(labels))
             first_nonfinite = torch.minimum(
                 first_nonfinite, torch.where(torch.isfinite(loss), NO_STEP, index)
             )
@@ -308,10 +318,9 @@ def train_one_epoch(
                         f"step {bad_step + 1}: training stopped; last.pt and best.pt keep the "
                         "last good state (try a lower --lr)"
                     )
-                loss_sum, top1 = progress.loss_sum.item(), progress.top1_hits.item()
+                values = progress.values()
                 bar.set_postfix(
-                    loss=f"{loss_sum / progress.samples:.3f}",
-                    top1=f"{100 * top1 / progress.samples:.1f}",
+                    {key: f"{values[key]:{shown}}" for key, shown in PROGRESS_BAR.items()}
                 )
                 if stopping:
                     progress.seconds += time.perf_counter() - started

@@ -1,6 +1,12 @@
-"""Top-k counts and the evaluation of a split, with counts kept on the device."""
+"""The metrics of training and evaluation in one table, and the evaluation of a split.
+
+Every metric is one :class:`Metric` entry of :data:`METRICS`: the training epoch's sums,
+the evaluation's, the epoch line, the history's keys and CSV columns, the plots and
+eval.py's report all read the table. Sums stay on the device until a value is asked for.
+"""
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -10,7 +16,97 @@ from tqdm import tqdm
 from training.distributed import all_reduce_sum, is_main_process
 from training.precision import autocast
 
-TOPK = (1, 5)
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What a batch's metrics are counted from, on the device."""
+
+    loss_sum: Tensor  # the batch's loss summed over its images (float32)
+    ranked_hits: Tensor  # [images, ranks]: whether the i-th highest logit is the true class
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: its value is ``scale * (sum over images of batch_sum) / images``."""
+
+    key: str  # history keys (train_top1, valid_flip_top1), CSV columns, eval.py --json
+    label: str  # for humans: "top-1"
+    unit: str  # "%" or ""; shown in eval.py's table header
+    digits: int  # decimals in the epoch line
+    report_digits: int  # decimals in eval.py's table
+    figure: str  # the plot it is drawn in (training.plots.FIGURES)
+    batch_sum: Callable[[BatchOutcome], Tensor]  # the batch's sum, on the device
+    scale: float = 1.0  # 100 for percentages
+    ranks: int = 0  # how many of the highest logits batch_sum reads
+    flip: bool = False  # --flip-eval scores it on mirrored images too (key flip_KEY)
+
+    def value(self, total: float, images: int) -> float:
+        return self.scale * total / images
+
+
+def top_k(k: int) -> Metric:
+    """Top-k accuracy in percent: images whose true class is among the k highest logits."""
+    return Metric(
+        key=f"top{k}",
+        label=f"top-{k}",
+        unit="%",
+        digits=2,
+        report_digits=2,
+        figure="acc",
+        batch_sum=lambda batch: batch.ranked_hits[:, :k].any(dim=1).sum(),
+        scale=100.0,
+        ranks=k,
+        flip=True,
+    )
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric(
+        key="loss",
+        label="loss",
+        unit="",
+        digits=3,
+        report_digits=4,
+        figure="loss",
+        batch_sum=lambda batch: batch.loss_sum,
+    ),
+    top_k(1),
+    top_k(5),
+)
+BY_KEY = {metric.key: metric for metric in METRICS}
+RANKS = max(metric.ranks for metric in METRICS)
+HEADLINE = "top1"  # the score that picks best.pt and that one-line summaries give
+FLIPPED = tuple(metric for metric in METRICS if metric.flip)
+
+
+def batch_sums(logits: Tensor, labels: Tensor, loss_sum: Tensor, metrics=METRICS) -> Tensor:
+    """The sums of ``metrics`` over a batch, one float64 vector on the device, in their
+    order. ``loss_sum`` is the batch's summed loss, as the caller defines its loss."""
+    ranked = logits.topk(min(RANKS, logits.shape[1]), dim=1).indices == labels[:, None]
+    batch = BatchOutcome(loss_sum, ranked)
+    return torch.stack([metric.batch_sum(batch).double() for metric in metrics])
+
+
+def metric_values(totals: list[float], images: int, metrics=METRICS) -> dict[str, float]:
+    """{key: value} of sums read back from the device (``totals``, in ``metrics``' order)."""
+    return {m.key: m.value(total, images) for m, total in zip(metrics, totals, strict=True)}
+
+
+def score_keys(flip: bool) -> list[str]:
+    """The keys :func:`evaluate` scores, in the history's order."""
+    return [m.key for m in METRICS] + [f"flip_{m.key}" for m in FLIPPED if flip]
+
+
+def describe_scores(row: dict, split: str) -> str:
+    """A split's scores in a history row, as the epoch line shows them: "valid loss 1.234
+    top-1 56.78 top-5 90.12", and the headline score with flipped images, if scored."""
+    text = f"{split} " + " ".join(
+        f"{m.label} {row[f'{split}_{m.key}']:.{m.digits}f}" for m in METRICS
+    )
+    flipped = f"{split}_flip_{HEADLINE}"
+    if flipped in row:
+        text += f" (flip {row[flipped]:.{BY_KEY[HEADLINE].digits}f})"
+    return text
 
 
 class EvaluationStopped(Exception):
@@ -34,13 +130,6 @@ def _stop_now(should_stop: Callable[[], bool], batch: int, device: torch.device)
     return bool(flag.item())
 
 
-def count_topk_correct(logits: Tensor, targets: Tensor) -> Tensor:
-    """Correct predictions among the top 1 and top 5 (or all classes, if fewer), on the device."""
-    k = min(max(TOPK), logits.shape[1])
-    hits = logits.topk(k, dim=1).indices == targets[:, None]
-    return torch.stack([hits[:, : min(topk, k)].any(dim=1).sum() for topk in TOPK])
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -53,17 +142,19 @@ def evaluate(
     desc: str | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict:
-    """Loss, top-1, top-5 (percent) and the confusion matrix (rows: true class) of a split.
+    """Every metric of :data:`METRICS` (by key), the number of images (``samples``) and the
+    confusion matrix (rows: true class) of a split.
 
     ``flip`` also scores the mean of the logits of every image and its mirror image
-    (``flip_top1``, ``flip_top5``), beside the plain scores, never instead of them. ``desc``
-    shows a progress bar with that label. Counts stay on the device until the end, so the
-    loop never waits for the GPU. ``should_stop``, asked before every batch, ends the
-    evaluation with :class:`EvaluationStopped` when it returns True.
+    (``flip_top1``, ``flip_top5``: the metrics marked ``flip``), beside the plain scores,
+    never instead of them. ``desc`` shows a progress bar with that label. Sums stay on the
+    device until the end, so the loop never waits for the GPU. ``should_stop``, asked
+    before every batch, ends the evaluation with :class:`EvaluationStopped` when it
+    returns True.
     """
     model.eval()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros(2 * len(TOPK), device=device, dtype=torch.int64)
+    sums = torch.zeros(len(METRICS), device=device, dtype=torch.float64)
+    flip_sums = torch.zeros(len(FLIPPED), device=device, dtype=torch.float64)
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
     one = torch.ones((), device=device, dtype=torch.int64)
     batches = tqdm(
@@ -81,26 +172,21 @@ def evaluate(
             logits = model(images).float()
             if flip:
                 mirrored = (logits + model(images.flip(3)).float()) / 2
-                correct[len(TOPK) :] += count_topk_correct(mirrored, labels)
-        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
-        correct[: len(TOPK)] += count_topk_correct(logits, labels)
+                mirrored_loss = nn.functional.cross_entropy(mirrored, labels, reduction="sum")
+                flip_sums += batch_sums(mirrored, labels, mirrored_loss, FLIPPED)
+        loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum")
+        sums += batch_sums(logits, labels, loss_sum)
         # Not torch.bincount: on CUDA it reads the indices' min and max back to the host.
         confusion.index_put_((labels * num_classes + logits.argmax(1),), one, accumulate=True)
-    for total in (loss_sum, correct, confusion):
+    for total in (sums, flip_sums, confusion):
         all_reduce_sum(total)  # each process evaluated its own shard of the split
     confusion = confusion.view(num_classes, num_classes).cpu()
     samples = int(confusion.sum())
-    top1, top5, flip_top1, flip_top5 = (100.0 * correct.cpu().double() / max(samples, 1)).tolist()
-    result = {
-        "loss": loss_sum.item() / max(samples, 1),
-        "top1": top1,
-        "top5": top5,
-        "samples": samples,
-        "confusion": confusion,
-    }
+    result = metric_values(sums.tolist(), max(samples, 1))
     if flip:
-        result.update(flip_top1=flip_top1, flip_top5=flip_top5)
-    return result
+        flipped = metric_values(flip_sums.tolist(), max(samples, 1), FLIPPED)
+        result.update({f"flip_{key}": value for key, value in flipped.items()})
+    return {**result, "samples": samples, "confusion": confusion}
 
 
 def per_class_accuracy(confusion: Tensor) -> list[float]:

@@ -1,10 +1,12 @@
 """Optimizers and learning-rate schedules, chosen by name from tables.
 
-Adding one is one entry; an unknown name is a ValueError naming the choices. Every
-schedule steps once per batch and takes a linear warm-up (``warmup_epochs``).
+Adding one is one entry, a function whose keyword parameters name the settings it uses;
+an unknown name is a ValueError naming the choices. Every schedule steps once per batch
+and takes a linear warm-up (``warmup_epochs``). The functions take keywords, never a
+command line: training/options.py turns train.py's flags into them.
 """
 
-import argparse
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -15,17 +17,20 @@ Optimizer = torch.optim.Optimizer
 Scheduler = lr_scheduler.LRScheduler
 
 
-def _sgd(groups, args: argparse.Namespace, fused: bool) -> Optimizer:
-    return torch.optim.SGD(
-        groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov, fused=fused
-    )
+def _sgd(groups, *, lr: float, momentum: float, nesterov: bool, fused: bool) -> Optimizer:
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, fused=fused)
 
 
-OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
-    "sgd": _sgd,
-    "adam": lambda groups, args, fused: torch.optim.Adam(groups, lr=args.lr, fused=fused),
-    "adamw": lambda groups, args, fused: torch.optim.AdamW(groups, lr=args.lr, fused=fused),
-}
+def _adam(groups, *, lr: float, fused: bool) -> Optimizer:
+    return torch.optim.Adam(groups, lr=lr, fused=fused)
+
+
+def _adamw(groups, *, lr: float, fused: bool) -> Optimizer:
+    return torch.optim.AdamW(groups, lr=lr, fused=fused)
+
+
+OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
+"""(parameter groups, the settings it names) -> an optimizer."""
 
 
 def _with_warmup(optimizer: Optimizer, schedule: Scheduler, warmup: int) -> Scheduler:
@@ -35,21 +40,25 @@ def _with_warmup(optimizer: Optimizer, schedule: Scheduler, warmup: int) -> Sche
     return lr_scheduler.SequentialLR(optimizer, [linear, schedule], milestones=[warmup])
 
 
-def _step(args, optimizer: Optimizer, total: int, warmup: int, per_epoch: int) -> Scheduler:
-    step = lr_scheduler.StepLR(optimizer, step_size=args.step_size * per_epoch, gamma=args.gamma)
-    return _with_warmup(optimizer, step, warmup)
+def _step(
+    optimizer: Optimizer, *, warmup_steps: int, steps_per_epoch: int, step_size: int, gamma: float
+) -> Scheduler:
+    step = lr_scheduler.StepLR(optimizer, step_size=step_size * steps_per_epoch, gamma=gamma)
+    return _with_warmup(optimizer, step, warmup_steps)
 
 
-def _cosine(args, optimizer: Optimizer, total: int, warmup: int, per_epoch: int) -> Scheduler:
-    cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup)
-    return _with_warmup(optimizer, cosine, warmup)
+def _cosine(optimizer: Optimizer, *, total_steps: int, warmup_steps: int) -> Scheduler:
+    cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps)
+    return _with_warmup(optimizer, cosine, warmup_steps)
 
 
-def _onecycle(args, optimizer: Optimizer, total: int, warmup: int, per_epoch: int) -> Scheduler:
+def _onecycle(
+    optimizer: Optimizer, *, total_steps: int, lr: float, warmup_epochs: float, epochs: int
+) -> Scheduler:
     # Its own warm-up, from lr / 25 up to lr, then down; the share of the run in epochs,
     # not rounded to steps, so that a few steps still make two phases.
     return lr_scheduler.OneCycleLR(
-        optimizer, max_lr=args.lr, total_steps=total, pct_start=warmup_epochs(args) / args.epochs
+        optimizer, max_lr=lr, total_steps=total_steps, pct_start=warmup_epochs / epochs
     )
 
 
@@ -58,7 +67,7 @@ SCHEDULES: dict[str, Callable[..., Scheduler]] = {
     "cosine": _cosine,
     "onecycle": _onecycle,
 }
-"""(args, optimizer, total steps, warm-up steps, steps per epoch) -> a per-step scheduler."""
+"""(optimizer, the settings it names) -> a per-step scheduler."""
 DEFAULT_WARMUP = {"onecycle": 0.3}  # share of the run; the other schedules: no warm-up
 
 
@@ -66,6 +75,12 @@ def _choose(table, name: str, what: str):
     if name not in table:
         raise ValueError(f"unknown {what} {name!r}; choose one of: {', '.join(table)}")
     return table[name]
+
+
+def _call_with_what_it_names(build: Callable, first, settings: dict):
+    """``build(first, **settings)`` with only the settings among its parameters."""
+    names = inspect.signature(build).parameters
+    return build(first, **{key: value for key, value in settings.items() if key in names})
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_bias: bool) -> list:
@@ -82,23 +97,59 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_bias: boo
     ]
 
 
-def make_optimizer(args: argparse.Namespace, model: nn.Module, device: torch.device) -> Optimizer:
-    build = _choose(OPTIMIZERS, args.optimizer, "optimizer")
-    groups = parameter_groups(model, args.weight_decay, args.decay_norm_bias)
-    # Fused kernels update every parameter in a few launches instead of one per tensor.
-    return build(groups, args, device.type == "cuda")
+def make_optimizer(
+    model: nn.Module,
+    *,
+    name: str = "sgd",
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay: float = 1e-4,
+    decay_norm_bias: bool = True,
+    fused: bool = False,
+) -> Optimizer:
+    """The optimizer ``name`` over ``model``'s parameters; the defaults are the seed recipe.
+    ``fused`` (CUDA only) updates every parameter in a few launches instead of one per
+    tensor."""
+    build = _choose(OPTIMIZERS, name, "optimizer")
+    groups = parameter_groups(model, weight_decay, decay_norm_bias)
+    settings = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "fused": fused}
+    return _call_with_what_it_names(build, groups, settings)
 
 
-def warmup_epochs(args: argparse.Namespace) -> float:
-    if args.warmup_epochs is not None:
-        return args.warmup_epochs
-    return DEFAULT_WARMUP.get(args.schedule, 0.0) * args.epochs
+def resolve_warmup_epochs(name: str, epochs: int, warmup_epochs: float | None) -> float:
+    """The warm-up in epochs: the one given, else the schedule's default share of the run."""
+    if warmup_epochs is not None:
+        return warmup_epochs
+    return DEFAULT_WARMUP.get(name, 0.0) * epochs
 
 
-def make_scheduler(args: argparse.Namespace, optimizer: Optimizer, per_epoch: int) -> Scheduler:
-    """The schedule of ``args.schedule`` over ``args.epochs`` epochs of ``per_epoch`` steps."""
-    build = _choose(SCHEDULES, args.schedule, "schedule")
-    total = args.epochs * per_epoch
+def make_scheduler(
+    optimizer: Optimizer,
+    *,
+    name: str,
+    epochs: int,
+    steps_per_epoch: int,
+    lr: float,
+    warmup_epochs: float | None = None,
+    step_size: int = 30,
+    gamma: float = 0.1,
+) -> Scheduler:
+    """The schedule ``name`` over ``epochs`` epochs of ``steps_per_epoch`` steps, peaking at
+    ``lr``; ``step_size`` (epochs) and ``gamma`` are the step schedule's."""
+    build = _choose(SCHEDULES, name, "schedule")
+    total = epochs * steps_per_epoch
+    warmup_epochs = resolve_warmup_epochs(name, epochs, warmup_epochs)
     # Rounded to steps, a warm-up of nearly the whole run could leave the schedule none.
-    warmup = min(round(warmup_epochs(args) * per_epoch), total - 1)
-    return build(args, optimizer, total, warmup, per_epoch)
+    warmup = min(round(warmup_epochs * steps_per_epoch), total - 1)
+    settings = {
+        "total_steps": total,
+        "warmup_steps": warmup,
+        "steps_per_epoch": steps_per_epoch,
+        "lr": lr,
+        "warmup_epochs": warmup_epochs,
+        "epochs": epochs,
+        "step_size": step_size,
+        "gamma": gamma,
+    }
+    return _call_with_what_it_names(build, optimizer, settings)

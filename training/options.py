@@ -1,4 +1,5 @@
-"""train.py's flags, the named recipes (presets), and what must match on --resume."""
+"""train.py's flags, the named recipes (presets), what must match on --resume, and the
+adapters that turn the flags into the training library's keywords."""
 
 import argparse
 
@@ -280,6 +281,31 @@ def parse_args(
     if args.out is None:
         args.out = f"runs/{args.model}"
     return args
+
+
+def optimizer_kwargs(args: argparse.Namespace) -> dict:
+    """The keywords of training.optim.make_optimizer that train.py's flags set."""
+    return {
+        "name": args.optimizer,
+        "lr": args.lr,
+        "momentum": args.momentum,
+        "nesterov": args.nesterov,
+        "weight_decay": args.weight_decay,
+        "decay_norm_bias": args.decay_norm_bias,
+    }
+
+
+def scheduler_kwargs(args: argparse.Namespace) -> dict:
+    """The keywords of training.optim.make_scheduler that train.py's flags set (the steps
+    per epoch come from the data)."""
+    return {
+        "name": args.schedule,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "warmup_epochs": args.warmup_epochs,
+        "step_size": args.step_size,
+        "gamma": args.gamma,
+    }
 
 
 def _flag(key: str) -> str:

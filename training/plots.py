@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import Tensor
 
+from training.metrics import HEADLINE, METRICS
 from utils import atomic_write, printable
 
 if TYPE_CHECKING:
@@ -63,38 +66,52 @@ def _save(fig, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
-def history_figures(history: list[dict], title: str) -> tuple[Figure, Figure]:
-    """The accuracy figure (top-1 and top-5 of every evaluated split) and the loss figure,
-    on linear axes from zero, against whole epochs."""
+@dataclass(frozen=True)
+class HistoryFigure:
+    """A figure of the run's history: the metrics whose ``figure`` is its name."""
+
+    title: str
+    ylabel: str
+    ylim: tuple[float | None, float | None]
+
+
+FIGURES = {
+    "acc": HistoryFigure("Accuracy", "accuracy (%)", (0, 100)),
+    "loss": HistoryFigure("Loss", "cross-entropy", (0, None)),
+}
+SPLIT_COLORS = {"train": "tab:blue", "valid": "tab:orange", "test": "tab:green"}
+LINESTYLES = ("-", "--", ":", "-.")  # a figure's metrics, in the order of METRICS
+
+
+def history_figures(history: list[dict], title: str) -> tuple[Figure, ...]:
+    """One figure per entry of :data:`FIGURES` (accuracy: every evaluated split's top-1 and
+    top-5; loss), on linear axes from zero, against whole epochs."""
     epochs = [row["epoch"] for row in history]
     style = {"marker": "o", "markersize": 3}
     # A split scored in some epochs only (--report-test added or dropped on --resume) is
     # drawn where it was scored.
-    splits = [s for s in ("train", "valid", "test") if any(f"{s}_top1" in r for r in history)]
-    colors = {"train": "tab:blue", "valid": "tab:orange", "test": "tab:green"}
-    accuracy, ax = _epoch_axes(f"Accuracy: {title}", "accuracy (%)", epochs)
-    for split in splits:
-        for k, linestyle in (("top1", "-"), ("top5", "--")):
-            values = [row.get(f"{split}_{k}", math.nan) for row in history]
-            label = f"{split} top-{k[-1]}"
-            ax.plot(epochs, values, color=colors[split], linestyle=linestyle, label=label, **style)
-    ax.set_ylim(0, 100)
-    ax.legend()
-
-    loss, ax = _epoch_axes(f"Loss: {title}", "cross-entropy", epochs)
-    for split in splits:
-        values = [row.get(f"{split}_loss", math.nan) for row in history]
-        ax.plot(epochs, values, color=colors[split], label=split, **style)
-    ax.set_ylim(bottom=0)
-    ax.legend()
-    return accuracy, loss
+    splits = [s for s in SPLIT_COLORS if any(f"{s}_{HEADLINE}" in r for r in history)]
+    figures = []
+    for name, spec in FIGURES.items():
+        metrics = [m for m in METRICS if m.figure == name]
+        fig, ax = _epoch_axes(f"{spec.title}: {title}", spec.ylabel, epochs)
+        for split in splits:
+            for metric, linestyle in zip(metrics, itertools.cycle(LINESTYLES)):
+                values = [row.get(f"{split}_{metric.key}", math.nan) for row in history]
+                # A figure of one metric names the splits only.
+                label = f"{split} {metric.label}" if len(metrics) > 1 else split
+                ax.plot(epochs, values, color=SPLIT_COLORS[split], linestyle=linestyle,
+                        label=label, **style)  # fmt: skip
+        ax.set_ylim(*spec.ylim)
+        ax.legend()
+        figures.append(fig)
+    return tuple(figures)
 
 
 def plot_history(history: list[dict], out_dir: Path, title: str) -> None:
-    """acc.png and loss.png of :func:`history_figures`."""
-    accuracy, loss = history_figures(history, title)
-    _save(accuracy, out_dir / "acc.png")
-    _save(loss, out_dir / "loss.png")
+    """NAME.png of every figure of :func:`history_figures` (acc.png, loss.png)."""
+    for name, figure in zip(FIGURES, history_figures(history, title), strict=True):
+        _save(figure, out_dir / f"{name}.png")
 
 
 def plot_confusion(confusion: Tensor, classes: list[str], title: str, path: Path) -> None:
