@@ -5,9 +5,12 @@ the two differ only in how stages are wired: a ResNet down-samples with strided
 convolutions and never returns to a higher resolution.
 """
 
+from collections import OrderedDict
+from typing import ClassVar
+
 from torch import Tensor, nn
 
-from .blocks import Bottleneck, bn_relu, init_weights, make_stem
+from .blocks import Bottleneck, init_weights, make_stem, rename_keys
 from .features import FeatureInfo, as_backbone, feature_entry
 from .fishnet import scale_channels
 
@@ -17,6 +20,12 @@ PLANES = (64, 256, 512, 1024, 2048)
 class PreActResNet(nn.Module):
     """``forward_features`` returns the map of every stage, keyed ``stem``, ``stage1``..;
     ``feature_info`` and ``init`` are as in :class:`~models.fishnet.FishNet`."""
+
+    LEGACY_NAMES: ClassVar[dict[str, str]] = {
+        "classifier.0.": "classifier.bn.",
+        "classifier.4.": "classifier.fc.",
+    }
+    """The classifier's layers in checkpoints written when they had positions for names."""
 
     def __init__(
         self,
@@ -48,10 +57,13 @@ class PreActResNet(nn.Module):
                 feature_entry(f"stage{i + 1}", out_channels, reduction, f"stages.{i}")
             )
         self.classifier = nn.Sequential(
-            *bn_relu(planes[-1]),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(planes[-1], num_classes),
+            OrderedDict(
+                bn=nn.BatchNorm2d(planes[-1]),
+                relu=nn.ReLU(inplace=True),
+                pool=nn.AdaptiveAvgPool2d(1),
+                flatten=nn.Flatten(),
+                fc=nn.Linear(planes[-1], num_classes),
+            )
         )
         init_weights(self, init)
 
@@ -69,7 +81,7 @@ class PreActResNet(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         """The layer that outputs the logits (timm's name for it)."""
-        return self.classifier[-1]
+        return self.classifier.fc
 
     def truncate(self, num_features: int) -> None:
         """Keeps the stages up to feature ``num_features - 1`` and drops the later stages and
@@ -77,6 +89,10 @@ class PreActResNet(nn.Module):
         del self.stages[num_features - 1 :]
         self.classifier = None
         self.feature_info = FeatureInfo(self.feature_info[:num_features])
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
+        rename_keys(state_dict, prefix, self.LEGACY_NAMES)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 def _resnet(

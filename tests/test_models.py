@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomised
 from torch import nn
 
 from models import INITS, MODELS, build_model, count_macs, count_parameters, model_names
-from models.blocks import Bottleneck, Bridge, ChannelReduction
+from models.blocks import Bottleneck, Bridge, ChannelReduction, rename_keys
 from models.fishnet import FishNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +148,7 @@ def test_channel_reduction_sums_adjacent_groups():
 def test_bottleneck_shortcut_cases():
     up = Bottleneck(768, 384, reduce_channels=True, dilation=2)
     assert isinstance(up.shortcut, ChannelReduction) and up.shortcut.k == 2
-    assert up.residual[5].dilation == (2, 2)
+    assert up.conv2.dilation == (2, 2)
     assert isinstance(Bottleneck(512, 512, reduce_channels=True).shortcut, nn.Identity)
     projection = Bottleneck(256, 512)
     assert sum(p.numel() for p in projection.shortcut.parameters()) == 2 * 256 + 256 * 512
@@ -172,7 +173,7 @@ def test_bridge_gates_its_refined_score():
 def test_initialisation_follows_the_release():
     torch.manual_seed(0)
     model = build_model("fishnet99")
-    conv = model.tail[2].units[0].residual[2]  # 1x1, 256 -> 128 channels
+    conv = model.tail[2].units[0].conv1  # 1x1, 256 -> 128 channels
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / conv.out_channels), rel=0.05)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
@@ -202,7 +203,7 @@ def test_identity_init_starts_at_chance_and_trains_every_parameter(name):
     model = build_model(name, width=0.25, init="identity")
     for module in model.modules():
         if isinstance(module, Bottleneck):
-            assert not module.residual[-1].weight.any()
+            assert not module.conv3.weight.any()
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loss = nn.functional.cross_entropy(model(x), y)
@@ -305,3 +306,45 @@ def test_models_cli_help():
     )
     assert "usage: python -m models" in result.stdout
     assert "multiply-accumulates" in result.stdout
+
+
+def legacy_state_dict(model):
+    """``model``'s state dict as it was saved when the layers had positions for names."""
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        if hasattr(module, "LEGACY_NAMES"):
+            positions = {new: old for old, new in module.LEGACY_NAMES.items()}
+            rename_keys(state, f"{name}." if name else "", positions)
+    return state
+
+
+@pytest.mark.parametrize("name", ["fishnet99", "resnet50"])
+def test_a_checkpoint_with_positional_names_loads_and_gives_the_same_output(name):
+    torch.manual_seed(0)
+    saved = randomised(build_model(name, width=0.25))
+    legacy = legacy_state_dict(saved)
+    assert any(".residual.8." in key for key in legacy)
+    assert all(".bn1." not in key and ".conv3." not in key for key in legacy)
+    model = build_model(name, width=0.25).eval()
+    model.load_state_dict(legacy)  # strict
+    assert list(model.state_dict()) == list(saved.state_dict())
+    assert not any(".residual." in key for key in model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), saved(x))
+
+
+def test_zero_init_last_makes_every_residual_unit_its_shortcut():
+    torch.manual_seed(0)
+    model = randomised(build_model("fishnet99", width=0.25, init="identity"))
+    checked = []
+
+    def check(unit, inputs, output):
+        checked.append(torch.equal(output, unit.shortcut(inputs[0])))
+
+    for module in model.modules():
+        if isinstance(module, Bottleneck):
+            module.register_forward_hook(check)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    assert checked and all(checked)
