@@ -11,13 +11,14 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from .blocks import Bottleneck, init_weights, make_stem, rename_keys
-from .features import FeatureInfo, as_backbone, feature_entry
+from .features import Backbone, FeatureInfo, as_backbone, feature_entry
 from .fishnet import scale_channels
+from .registry import register_model
 
 PLANES = (64, 256, 512, 1024, 2048)
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(Backbone):
     """``forward_features`` returns the map of every stage, keyed ``stem``, ``stage1``..;
     ``feature_info`` and ``init`` are as in :class:`~models.fishnet.FishNet`."""
 
@@ -73,22 +74,12 @@ class PreActResNet(nn.Module):
             feats.append(stage(feats[-1]))
         return {info["name"]: feat for info, feat in zip(self.feature_info, feats, strict=True)}
 
-    def forward_head(self, features: dict[str, Tensor]) -> Tensor:
-        return self.classifier(features[self.feature_info[-1]["name"]])
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def get_classifier(self) -> nn.Module:
-        """The layer that outputs the logits (timm's name for it)."""
         return self.classifier.fc
 
     def truncate(self, num_features: int) -> None:
-        """Keeps the stages up to feature ``num_features - 1`` and drops the later stages and
-        the classifier: a backbone whose parameters all take part in ``forward_features``."""
         del self.stages[num_features - 1 :]
-        self.classifier = None
-        self.feature_info = FeatureInfo(self.feature_info[:num_features])
+        super().truncate(num_features)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
         rename_keys(state_dict, prefix, self.LEGACY_NAMES)
@@ -100,34 +91,26 @@ def _resnet(
     num_classes: int,
     stem: str,
     width: float,
-    init: str,
-    features_only: bool,
-    out_indices: tuple[int, ...] | None,
+    init: str = "authors",
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
 ) -> nn.Module:
     planes = tuple(scale_channels(p, width) for p in PLANES)
     model = PreActResNet(units, planes, num_classes=num_classes, stem=stem, init=init)
     return as_backbone(model, features_only, out_indices)
 
 
-# features_only and out_indices are timm's: with features_only=True the factory returns a
-# FeatureListNet of the chosen features.
-def resnet50(
-    num_classes: int = 10,
-    stem: str = "cifar",
-    width: float = 1.0,
-    init: str = "authors",
-    features_only: bool = False,
-    out_indices: tuple[int, ...] | None = None,
-) -> nn.Module:
-    return _resnet((3, 4, 6, 3), num_classes, stem, width, init, features_only, out_indices)
+# The factories take init, and timm's features_only and out_indices, which make them return
+# a FeatureListNet. timm's resnet50 is another (post-activation) network.
+@register_model(timm_name="preact_resnet50")
+def resnet50(num_classes: int = 10, stem: str = "cifar", width: float = 1.0, **kwargs) -> nn.Module:
+    """Pre-activation ResNet-50, the baseline; see models.resnet."""
+    return _resnet((3, 4, 6, 3), num_classes, stem, width, **kwargs)
 
 
+@register_model(timm_name="preact_resnet101")
 def resnet101(
-    num_classes: int = 10,
-    stem: str = "cifar",
-    width: float = 1.0,
-    init: str = "authors",
-    features_only: bool = False,
-    out_indices: tuple[int, ...] | None = None,
+    num_classes: int = 10, stem: str = "cifar", width: float = 1.0, **kwargs
 ) -> nn.Module:
-    return _resnet((3, 4, 23, 3), num_classes, stem, width, init, features_only, out_indices)
+    """Pre-activation ResNet-101, the baseline; see models.resnet."""
+    return _resnet((3, 4, 23, 3), num_classes, stem, width, **kwargs)

@@ -8,9 +8,20 @@ import torch
 from conftest import randomised
 from torch import nn
 
-from models import INITS, MODELS, build_model, count_macs, count_parameters, model_names
+from models import (
+    INITS,
+    MODELS,
+    PreActResNet,
+    build_model,
+    count_macs,
+    count_parameters,
+    model_names,
+    register_model,
+)
 from models.blocks import Bottleneck, Bridge, ChannelReduction, rename_keys
+from models.features import as_backbone
 from models.fishnet import FishNet
+from models.registry import unregister_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -278,7 +289,7 @@ def test_features_only_rejects_bad_out_indices():
 def test_registers_with_timm_when_it_is_installed(monkeypatch):
     import types
 
-    from models.timm_registry import TIMM_NAMES, register_with_timm
+    from models.registry import TIMM_NAMES, register_with_timm
 
     registry = {}
     timm_models = types.ModuleType("timm.models")
@@ -348,3 +359,41 @@ def test_zero_init_last_makes_every_residual_unit_its_shortcut():
     with torch.no_grad():
         model(torch.randn(2, 3, 32, 32))
     assert checked and all(checked)
+
+
+THROWAWAY = "throwaway_resnet"
+
+
+@pytest.fixture
+def throwaway_model(monkeypatch):
+    """A model registered by the decorator alone (timm faked, to see it registered there
+    too); removed from the registry afterwards."""
+    import types
+
+    timm_registry = {}
+    timm_models = types.ModuleType("timm.models")
+    timm_models.register_model = lambda fn: timm_registry.setdefault(fn.__name__, fn)
+    monkeypatch.setitem(sys.modules, "timm", types.ModuleType("timm"))
+    monkeypatch.setitem(sys.modules, "timm.models", timm_models)
+
+    @register_model(timm_name="preact_throwaway")
+    def throwaway_resnet(num_classes=10, stem="cifar", features_only=False, out_indices=None):
+        """A two-stage pre-activation ResNet."""
+        model = PreActResNet((1, 1), (16, 32, 64), num_classes=num_classes, stem=stem)
+        return as_backbone(model, features_only, out_indices)
+
+    yield timm_registry
+    unregister_model(THROWAWAY)
+
+
+def test_a_decorated_factory_is_a_model_everywhere(throwaway_model):
+    assert THROWAWAY in model_names() and THROWAWAY in MODELS
+    model = build_model(THROWAWAY, num_classes=3)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    backbone = build_model(THROWAWAY, features_only=True, out_indices=(1, 2))
+    assert backbone.feature_info.channels() == [32, 64]
+    timm_entry = throwaway_model["preact_throwaway"]
+    assert timm_entry.__doc__ == "A two-stage pre-activation ResNet."
+    assert timm_entry(pretrained=False, num_classes=5)(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+    with pytest.raises(ValueError, match="'throwaway_resnet' is registered already"):
+        register_model()(MODELS[THROWAWAY])
