@@ -1,4 +1,4 @@
-"""torch.hub entry points, one per registered model.
+"""torch.hub entry points, one per registered model (models.registry), made at import.
 
     model = torch.hub.load("path/to/this/repo", "fishnet99", source="local", width=0.5)
     backbone = torch.hub.load(REPO, "fishnet99", source="local", features_only=True,
@@ -50,6 +50,7 @@ def _repository_imports():
 
 
 with _repository_imports():
+    from models import MODELS as _MODELS
     from models import build_model as _build_model
     from models.features import as_backbone as _as_backbone
 
@@ -78,26 +79,16 @@ def _entry(name, checkpoint, features_only, out_indices, kwargs):
     return _as_backbone(model, features_only, out_indices)
 
 
-def fishnet99(checkpoint=None, features_only=False, out_indices=None, **kwargs):
-    """FishNet-99 (16.6 M parameters with the ImageNet stem); see models.fishnet."""
-    return _entry("fishnet99", checkpoint, features_only, out_indices, kwargs)
+def _entry_point(name, factory):
+    """The entry point of registered model ``name``, described by its factory's docstring."""
+
+    def entry_point(checkpoint=None, features_only=False, out_indices=None, **kwargs):
+        return _entry(name, checkpoint, features_only, out_indices, kwargs)
+
+    entry_point.__name__ = entry_point.__qualname__ = name
+    entry_point.__doc__ = factory.__doc__
+    return entry_point
 
 
-def fishnet150(checkpoint=None, features_only=False, out_indices=None, **kwargs):
-    """FishNet-150 (25.0 M parameters with the ImageNet stem); see models.fishnet."""
-    return _entry("fishnet150", checkpoint, features_only, out_indices, kwargs)
-
-
-def fishnet201(checkpoint=None, features_only=False, out_indices=None, **kwargs):
-    """FishNet-201 (44.6 M parameters with the ImageNet stem); see models.fishnet."""
-    return _entry("fishnet201", checkpoint, features_only, out_indices, kwargs)
-
-
-def resnet50(checkpoint=None, features_only=False, out_indices=None, **kwargs):
-    """Pre-activation ResNet-50, the baseline; see models.resnet."""
-    return _entry("resnet50", checkpoint, features_only, out_indices, kwargs)
-
-
-def resnet101(checkpoint=None, features_only=False, out_indices=None, **kwargs):
-    """Pre-activation ResNet-101, the baseline; see models.resnet."""
-    return _entry("resnet101", checkpoint, features_only, out_indices, kwargs)
+# torch.hub lists the module's public callables as its entry points.
+globals().update({name: _entry_point(name, factory) for name, factory in _MODELS.items()})

@@ -6,16 +6,16 @@ from torch import nn
 
 from .blocks import INITS, STEM_INPUT_SIZES
 from .complexity import count_macs, count_parameters
-from .features import FeatureInfo, FeatureListNet
-from .fishnet import CONFIGS, SWITCHES, FishNet, check_width, fishnet99, fishnet150, fishnet201
-from .resnet import PreActResNet, resnet50, resnet101
-from .timm_registry import register_with_timm
+from .features import Backbone, FeatureInfo, FeatureListNet
 
-MODELS = {f.__name__: f for f in (fishnet99, fishnet150, fishnet201, resnet50, resnet101)}
-register_with_timm(MODELS)
+# Importing fishnet and resnet registers their factories.
+from .fishnet import CONFIGS, SWITCHES, FishNet, check_width
+from .registry import MODELS, register_model
+from .resnet import PreActResNet
 
 
 def model_names() -> list[str]:
+    """The registered models (:func:`~models.registry.register_model`)."""
     return list(MODELS)
 
 
@@ -63,6 +63,7 @@ __all__ = [
     "MODELS",
     "STEM_INPUT_SIZES",
     "SWITCHES",
+    "Backbone",
     "FeatureInfo",
     "FeatureListNet",
     "FishNet",
@@ -72,6 +73,7 @@ __all__ = [
     "count_macs",
     "count_parameters",
     "model_names",
+    "register_model",
     "switch_flags",
     "switch_kwargs",
 ]

@@ -9,6 +9,8 @@ For ablations, the sampling, the body shortcut and the bridge have alternatives
 (the tuples below, the paper's choice first), each built by one small factory.
 """
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -81,6 +83,16 @@ class ChannelReduction(nn.Module):
         return f"k={self.k}"
 
 
+def rename_keys(state_dict: dict, prefix: str, renames: dict[str, str]) -> None:
+    """Renames in place the keys of ``state_dict`` that start with ``prefix`` + an old name
+    of ``renames`` (old -> new, each ending in a dot) to the new name."""
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        for old, new in renames.items():
+            if key.startswith(prefix + old):
+                state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
+                break
+
+
 class Bottleneck(nn.Module):
     """Pre-activation bottleneck residual unit: BN-ReLU-conv1x1, BN-ReLU-conv3x3, BN-ReLU-conv1x1.
 
@@ -90,6 +102,17 @@ class Bottleneck(nn.Module):
       2. in_channels != out_channels or stride > 1: BN-ReLU-conv1x1;
       3. otherwise the identity.
     """
+
+    LEGACY_NAMES: ClassVar[dict[str, str]] = {
+        "residual.0.": "bn1.",
+        "residual.2.": "conv1.",
+        "residual.3.": "bn2.",
+        "residual.5.": "conv2.",
+        "residual.6.": "bn3.",
+        "residual.8.": "conv3.",
+    }
+    """The branch's layers in checkpoints written when it was one ``nn.Sequential``
+    (``residual``, its ReLUs counted too) -> their names; such checkpoints load as they are."""
 
     def __init__(
         self,
@@ -103,22 +126,21 @@ class Bottleneck(nn.Module):
         if out_channels % 4:
             raise ValueError(f"bottleneck output channels must divide by 4, got {out_channels}")
         mid_channels = out_channels // 4
-        self.residual = nn.Sequential(
-            *bn_relu(in_channels),
-            nn.Conv2d(in_channels, mid_channels, 1, bias=False),
-            *bn_relu(mid_channels),
-            nn.Conv2d(
-                mid_channels,
-                mid_channels,
-                3,
-                stride=stride,
-                padding=dilation,
-                dilation=dilation,
-                bias=False,
-            ),
-            *bn_relu(mid_channels),
-            nn.Conv2d(mid_channels, out_channels, 1, bias=False),
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, mid_channels, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid_channels)
+        self.conv2 = nn.Conv2d(
+            mid_channels,
+            mid_channels,
+            3,
+            stride=stride,
+            padding=dilation,
+            dilation=dilation,
+            bias=False,
         )
+        self.bn3 = nn.BatchNorm2d(mid_channels)
+        self.conv3 = nn.Conv2d(mid_channels, out_channels, 1, bias=False)
+        self.relu = nn.ReLU(inplace=True)
         if reduce_channels:
             if in_channels % out_channels or stride != 1:
                 raise ValueError(
@@ -136,7 +158,18 @@ class Bottleneck(nn.Module):
             self.shortcut = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.residual(x) + self.shortcut(x)
+        out = self.conv1(self.relu(self.bn1(x)))
+        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv3(self.relu(self.bn3(out)))
+        return out + self.shortcut(x)
+
+    def zero_init_last(self) -> None:
+        """Zeroes the branch's last convolution: the unit then outputs its shortcut."""
+        nn.init.zeros_(self.conv3.weight)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
+        rename_keys(state_dict, prefix, self.LEGACY_NAMES)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 def residual_units(
@@ -362,8 +395,9 @@ def init_authors(model: nn.Module) -> None:
 def init_identity(model: nn.Module) -> None:
     """The authors' initialisation, then every residual unit starts as its shortcut.
 
-    Only the bottlenecks add a branch onto a shortcut: zeroing the last convolution of each
-    branch makes every unit output its shortcut (the identity, r(x) or the projection), so
+    Only the bottlenecks add a branch onto a shortcut: their ``zero_init_last`` (timm's name)
+    zeroes the branch's last convolution, so that every unit outputs its shortcut (the
+    identity, r(x) or the projection), so
     a transfer block starts as the identity and the signal reaches the classifier through
     shortcuts alone. Projection shortcuts, the bridge's score and gate and the samplings
     are the path itself, not a branch beside it, and keep their He init. The classifier's
@@ -373,8 +407,8 @@ def init_identity(model: nn.Module) -> None:
     """
     init_authors(model)
     for module in model.modules():
-        if isinstance(module, Bottleneck):
-            nn.init.zeros_(module.residual[-1].weight)
+        if hasattr(module, "zero_init_last"):
+            module.zero_init_last()
     classifier = model.get_classifier()
     nn.init.normal_(classifier.weight, std=CLASSIFIER_STD)
     nn.init.zeros_(classifier.bias)

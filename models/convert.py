@@ -5,7 +5,7 @@ Both implementations have the same tensors; only the names differ. Theirs: the s
 ``conv1``..``conv3``, the fish ``fish.fish.<stage>.<part>``, where each stage is a list
 (tail: units, pool; bridge: score, score conv, units, SE gate; body and head: units,
 transfer units, sampling; the last stage then the classifier's neck and fc) and each
-bottleneck names its layers ``bn1, conv1, .., bn3, conv3, shortcut``. Every tensor is
+bottleneck names its layers ``bn1, conv1, .., bn3, conv3, shortcut`` as ours does. Every tensor is
 renamed by these rules and checked against our shape, so a tensor that does not fit is
 refused rather than loaded into the wrong place.
 """
@@ -14,16 +14,8 @@ import torch
 
 from .fishnet import CONFIGS, FishConfig
 
-# Their bottleneck's layers -> our Bottleneck's (BN-ReLU-conv three times in `residual`).
-BOTTLENECK_LAYERS = {
-    "bn1": "residual.0",
-    "conv1": "residual.2",
-    "bn2": "residual.3",
-    "conv2": "residual.5",
-    "bn3": "residual.6",
-    "conv3": "residual.8",
-    "shortcut": "shortcut",
-}
+# The layers of their bottleneck, which has the names of ours: a unit's tensors keep them.
+BOTTLENECK_LAYERS = ("bn1", "conv1", "bn2", "conv2", "bn3", "conv3", "shortcut")
 # Our module prefixes that hold a sequence of bottlenecks.
 UNIT_SEQUENCES = ("units.", "transfer.")
 
@@ -69,10 +61,9 @@ def our_name(key: str, prefixes: dict[str, str]) -> str:
         parts = rest.split(".", 2)
         if len(parts) != 3:
             raise ConversionError(f"{key}: not a tensor of a bottleneck (unit.layer.tensor)")
-        unit, layer, tensor = parts
+        layer = parts[1]
         if layer not in BOTTLENECK_LAYERS:
             raise ConversionError(f"{key}: {layer!r} is not a layer of a bottleneck")
-        rest = f"{unit}.{BOTTLENECK_LAYERS[layer]}.{tensor}"
     return ours + rest
 
 

@@ -2,7 +2,8 @@
 
 A segmentation or detection library asks a backbone for some of its feature maps
 (``out_indices``) and reads their channels and strides from ``feature_info`` to build
-its decoder. :class:`FeatureListNet` gives FishNet and the ResNet baseline that interface.
+its decoder. :class:`Backbone` is that interface, which every registered model has, and
+:class:`FeatureListNet` builds timm's ``features_only`` model on it.
 """
 
 from torch import Tensor, nn
@@ -46,6 +47,43 @@ def resolve_indices(out_indices: tuple[int, ...] | None, num_features: int) -> t
     return resolved
 
 
+class Backbone(nn.Module):
+    """The interface of every registered model (timm's), which :class:`FeatureListNet` uses.
+
+    - ``feature_info``: a :class:`FeatureInfo`, one entry per feature map, in order;
+    - ``forward_features(x)``: every feature map, keyed by its ``feature_info`` name;
+    - ``forward_head(features)``: the logits of ``forward_features``' output, by default
+      the ``classifier`` applied to the last feature;
+    - ``truncate(num_features)``: keeps the first ``num_features`` features only;
+    - ``get_classifier()``: the layer that outputs the logits.
+
+    ``forward(x)`` is ``forward_head(forward_features(x))``.
+    """
+
+    feature_info: FeatureInfo
+    classifier: nn.Module | None
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def forward_head(self, features: dict[str, Tensor]) -> Tensor:
+        return self.classifier(features[self.feature_info[-1]["name"]])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        """The layer that outputs the logits (timm's name for it)."""
+        raise NotImplementedError
+
+    def truncate(self, num_features: int) -> None:
+        """Drops the classifier and the ``feature_info`` of the features from index
+        ``num_features`` on; a subclass first drops the stages that compute them, so that
+        every parameter left takes part in ``forward_features``."""
+        self.classifier = None
+        self.feature_info = FeatureInfo(self.feature_info[:num_features])
+
+
 class FeatureListNet(nn.Module):
     """A backbone returning the chosen feature maps as a list (timm's ``features_only``).
 
@@ -54,7 +92,7 @@ class FeatureListNet(nn.Module):
     chosen features only, in the order of ``forward``'s list.
     """
 
-    def __init__(self, model: nn.Module, out_indices: tuple[int, ...] | None = None) -> None:
+    def __init__(self, model: Backbone, out_indices: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.out_indices = resolve_indices(out_indices, len(model.feature_info))
         self.feature_info = FeatureInfo(model.feature_info[i] for i in self.out_indices)
@@ -67,7 +105,7 @@ class FeatureListNet(nn.Module):
 
 
 def as_backbone(
-    model: nn.Module, features_only: bool, out_indices: tuple[int, ...] | None
+    model: Backbone, features_only: bool, out_indices: tuple[int, ...] | None
 ) -> nn.Module:
     """What a factory returns: ``model``, or with ``features_only`` its :class:`FeatureListNet`."""
     if features_only:

@@ -30,7 +30,8 @@ from .blocks import (
     make_bridge,
     make_stem,
 )
-from .features import FeatureInfo, as_backbone, feature_entry
+from .features import Backbone, FeatureInfo, as_backbone, feature_entry
+from .registry import register_model
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ SWITCHES = {
 """FishNet's ablation switches and their values; the first value is the paper's, the default."""
 
 
-class FishNet(nn.Module):
+class FishNet(Backbone):
     """FishNet assembled from a :class:`FishConfig`.
 
     ``forward_features`` returns the map of every stage, keyed ``stem``, ``tail1``..,
@@ -231,19 +232,10 @@ class FishNet(nn.Module):
             feats.append(stage(feats[-1], feats[source]))
         return {info["name"]: feat for info, feat in zip(self.feature_info, feats, strict=True)}
 
-    def forward_head(self, features: dict[str, Tensor]) -> Tensor:
-        return self.classifier(features[self.feature_info[-1]["name"]])
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def get_classifier(self) -> nn.Module:
-        """The layer that outputs the logits (timm's name for it)."""
         return self.classifier.fc
 
     def truncate(self, num_features: int) -> None:
-        """Keeps the stages up to feature ``num_features - 1`` and drops the later stages and
-        the classifier: a backbone whose parameters all take part in ``forward_features``."""
         first_body = len(self.tail) + 2  # feature index of the first body stage
         first_head = first_body + len(self.body)
         del self.tail[num_features - 1 :]
@@ -251,8 +243,7 @@ class FishNet(nn.Module):
             self.bridge = None
         del self.body[max(num_features - first_body, 0) :]
         del self.head[max(num_features - first_head, 0) :]
-        self.classifier = None
-        self.feature_info = FeatureInfo(self.feature_info[:num_features])
+        super().truncate(num_features)
 
 
 def check_width(width: float) -> None:
@@ -290,19 +281,25 @@ def _fishnet(
 # The factories take FishNet's keyword arguments: the ablation switches (SWITCHES; default:
 # the paper's), e.g. fishnet99(bridge="none"), and init; and timm's features_only and
 # out_indices, which make them return a FeatureListNet.
+@register_model()
 def fishnet99(
     num_classes: int = 10, stem: str = "cifar", width: float = 1.0, **kwargs
 ) -> nn.Module:
+    """FishNet-99 (16.6 M parameters with the ImageNet stem); see models.fishnet."""
     return _fishnet("fishnet99", num_classes, stem, width, **kwargs)
 
 
+@register_model()
 def fishnet150(
     num_classes: int = 10, stem: str = "cifar", width: float = 1.0, **kwargs
 ) -> nn.Module:
+    """FishNet-150 (25.0 M parameters with the ImageNet stem); see models.fishnet."""
     return _fishnet("fishnet150", num_classes, stem, width, **kwargs)
 
 
+@register_model()
 def fishnet201(
     num_classes: int = 10, stem: str = "cifar", width: float = 1.0, **kwargs
 ) -> nn.Module:
+    """FishNet-201 (44.6 M parameters with the ImageNet stem); see models.fishnet."""
     return _fishnet("fishnet201", num_classes, stem, width, **kwargs)

@@ -5,18 +5,28 @@ the two differ only in how stages are wired: a ResNet down-samples with strided
 convolutions and never returns to a higher resolution.
 """
 
+from collections import OrderedDict
+from typing import ClassVar
+
 from torch import Tensor, nn
 
-from .blocks import Bottleneck, bn_relu, init_weights, make_stem
-from .features import FeatureInfo, as_backbone, feature_entry
+from .blocks import Bottleneck, init_weights, make_stem, rename_keys
+from .features import Backbone, FeatureInfo, as_backbone, feature_entry
 from .fishnet import scale_channels
+from .registry import register_model
 
 PLANES = (64, 256, 512, 1024, 2048)
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(Backbone):
     """``forward_features`` returns the map of every stage, keyed ``stem``, ``stage1``..;
     ``feature_info`` and ``init`` are as in :class:`~models.fishnet.FishNet`."""
+
+    LEGACY_NAMES: ClassVar[dict[str, str]] = {
+        "classifier.0.": "classifier.bn.",
+        "classifier.4.": "classifier.fc.",
+    }
+    """The classifier's layers in checkpoints written when they had positions for names."""
 
     def __init__(
         self,
@@ -48,10 +58,13 @@ class PreActResNet(nn.Module):
                 feature_entry(f"stage{i + 1}", out_channels, reduction, f"stages.{i}")
             )
         self.classifier = nn.Sequential(
-            *bn_relu(planes[-1]),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(planes[-1], num_classes),
+            OrderedDict(
+                bn=nn.BatchNorm2d(planes[-1]),
+                relu=nn.ReLU(inplace=True),
+                pool=nn.AdaptiveAvgPool2d(1),
+                flatten=nn.Flatten(),
+                fc=nn.Linear(planes[-1], num_classes),
+            )
         )
         init_weights(self, init)
 
@@ -61,22 +74,16 @@ class PreActResNet(nn.Module):
             feats.append(stage(feats[-1]))
         return {info["name"]: feat for info, feat in zip(self.feature_info, feats, strict=True)}
 
-    def forward_head(self, features: dict[str, Tensor]) -> Tensor:
-        return self.classifier(features[self.feature_info[-1]["name"]])
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def get_classifier(self) -> nn.Module:
-        """The layer that outputs the logits (timm's name for it)."""
-        return self.classifier[-1]
+        return self.classifier.fc
 
     def truncate(self, num_features: int) -> None:
-        """Keeps the stages up to feature ``num_features - 1`` and drops the later stages and
-        the classifier: a backbone whose parameters all take part in ``forward_features``."""
         del self.stages[num_features - 1 :]
-        self.classifier = None
-        self.feature_info = FeatureInfo(self.feature_info[:num_features])
+        super().truncate(num_features)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
+        rename_keys(state_dict, prefix, self.LEGACY_NAMES)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 def _resnet(
@@ -84,34 +91,26 @@ def _resnet(
     num_classes: int,
     stem: str,
     width: float,
-    init: str,
-    features_only: bool,
-    out_indices: tuple[int, ...] | None,
+    init: str = "authors",
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
 ) -> nn.Module:
     planes = tuple(scale_channels(p, width) for p in PLANES)
     model = PreActResNet(units, planes, num_classes=num_classes, stem=stem, init=init)
     return as_backbone(model, features_only, out_indices)
 
 
-# features_only and out_indices are timm's: with features_only=True the factory returns a
-# FeatureListNet of the chosen features.
-def resnet50(
-    num_classes: int = 10,
-    stem: str = "cifar",
-    width: float = 1.0,
-    init: str = "authors",
-    features_only: bool = False,
-    out_indices: tuple[int, ...] | None = None,
-) -> nn.Module:
-    return _resnet((3, 4, 6, 3), num_classes, stem, width, init, features_only, out_indices)
+# The factories take init, and timm's features_only and out_indices, which make them return
+# a FeatureListNet. timm's resnet50 is another (post-activation) network.
+@register_model(timm_name="preact_resnet50")
+def resnet50(num_classes: int = 10, stem: str = "cifar", width: float = 1.0, **kwargs) -> nn.Module:
+    """Pre-activation ResNet-50, the baseline; see models.resnet."""
+    return _resnet((3, 4, 6, 3), num_classes, stem, width, **kwargs)
 
 
+@register_model(timm_name="preact_resnet101")
 def resnet101(
-    num_classes: int = 10,
-    stem: str = "cifar",
-    width: float = 1.0,
-    init: str = "authors",
-    features_only: bool = False,
-    out_indices: tuple[int, ...] | None = None,
+    num_classes: int = 10, stem: str = "cifar", width: float = 1.0, **kwargs
 ) -> nn.Module:
-    return _resnet((3, 4, 23, 3), num_classes, stem, width, init, features_only, out_indices)
+    """Pre-activation ResNet-101, the baseline; see models.resnet."""
+    return _resnet((3, 4, 23, 3), num_classes, stem, width, **kwargs)

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_TARBALL = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg.tar.gz"
@@ -54,6 +56,19 @@ def run_download_data(
         check=False,
         timeout=600,
     )
+
+
+def randomised(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with random BN statistics and affine parameters, so that a
+    misplaced BN changes the logits."""
+    torch.manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.1)
+    return model.eval()
 
 
 # A model and batch small enough for a CPU test to train in seconds.

@@ -119,7 +119,7 @@ def test_switches_change_the_graph_as_designed():
 
     def body_dilations(model):
         return [
-            unit.residual[5].dilation[0]
+            unit.conv2.dilation[0]
             for stage in model.body
             for unit in stage.units
             if isinstance(unit, Bottleneck)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO_ROOT, one_line_error, run_script
+from conftest import REPO_ROOT, one_line_error, randomised, run_script
 from PIL import Image
 from torch import nn
 
@@ -152,18 +152,6 @@ class AuthorsFishNet(nn.Module):
                 )
         last = self.fish.fish[-1]
         return last[4](last[3](feats[-1])).flatten(1)
-
-
-def randomised(model):
-    """Random BN statistics and affine parameters, so that a misplaced BN changes the logits."""
-    torch.manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.normal_(0, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.normal_(0, 0.1)
-    return model.eval()
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

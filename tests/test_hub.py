@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import build_model, model_names
+from models import MODELS, build_model, model_names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,6 +23,15 @@ def test_has_one_entry_point_per_model():
     public = [n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith("_")]
     assert sorted(public) == sorted(model_names())
     assert hubconf.dependencies == ["torch"]
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_entry_points_are_described_by_their_factories(name):
+    import hubconf
+
+    entry_point = getattr(hubconf, name)
+    assert entry_point.__name__ == name
+    assert entry_point.__doc__ and entry_point.__doc__ == MODELS[name].__doc__
 
 
 @pytest.mark.parametrize("name", model_names())

@@ -5,11 +5,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomised
 from torch import nn
 
-from models import INITS, MODELS, build_model, count_macs, count_parameters, model_names
-from models.blocks import Bottleneck, Bridge, ChannelReduction
+from models import (
+    INITS,
+    MODELS,
+    PreActResNet,
+    build_model,
+    count_macs,
+    count_parameters,
+    model_names,
+    register_model,
+)
+from models.blocks import Bottleneck, Bridge, ChannelReduction, rename_keys
+from models.features import as_backbone
 from models.fishnet import FishNet
+from models.registry import unregister_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,7 +159,7 @@ def test_channel_reduction_sums_adjacent_groups():
 def test_bottleneck_shortcut_cases():
     up = Bottleneck(768, 384, reduce_channels=True, dilation=2)
     assert isinstance(up.shortcut, ChannelReduction) and up.shortcut.k == 2
-    assert up.residual[5].dilation == (2, 2)
+    assert up.conv2.dilation == (2, 2)
     assert isinstance(Bottleneck(512, 512, reduce_channels=True).shortcut, nn.Identity)
     projection = Bottleneck(256, 512)
     assert sum(p.numel() for p in projection.shortcut.parameters()) == 2 * 256 + 256 * 512
@@ -172,7 +184,7 @@ def test_bridge_gates_its_refined_score():
 def test_initialisation_follows_the_release():
     torch.manual_seed(0)
     model = build_model("fishnet99")
-    conv = model.tail[2].units[0].residual[2]  # 1x1, 256 -> 128 channels
+    conv = model.tail[2].units[0].conv1  # 1x1, 256 -> 128 channels
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / conv.out_channels), rel=0.05)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
@@ -202,7 +214,7 @@ def test_identity_init_starts_at_chance_and_trains_every_parameter(name):
     model = build_model(name, width=0.25, init="identity")
     for module in model.modules():
         if isinstance(module, Bottleneck):
-            assert not module.residual[-1].weight.any()
+            assert not module.conv3.weight.any()
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loss = nn.functional.cross_entropy(model(x), y)
@@ -277,7 +289,7 @@ def test_features_only_rejects_bad_out_indices():
 def test_registers_with_timm_when_it_is_installed(monkeypatch):
     import types
 
-    from models.timm_registry import TIMM_NAMES, register_with_timm
+    from models.registry import TIMM_NAMES, register_with_timm
 
     registry = {}
     timm_models = types.ModuleType("timm.models")
@@ -305,3 +317,83 @@ def test_models_cli_help():
     )
     assert "usage: python -m models" in result.stdout
     assert "multiply-accumulates" in result.stdout
+
+
+def legacy_state_dict(model):
+    """``model``'s state dict as it was saved when the layers had positions for names."""
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        if hasattr(module, "LEGACY_NAMES"):
+            positions = {new: old for old, new in module.LEGACY_NAMES.items()}
+            rename_keys(state, f"{name}." if name else "", positions)
+    return state
+
+
+@pytest.mark.parametrize("name", ["fishnet99", "resnet50"])
+def test_a_checkpoint_with_positional_names_loads_and_gives_the_same_output(name):
+    torch.manual_seed(0)
+    saved = randomised(build_model(name, width=0.25))
+    legacy = legacy_state_dict(saved)
+    assert any(".residual.8." in key for key in legacy)
+    assert all(".bn1." not in key and ".conv3." not in key for key in legacy)
+    model = build_model(name, width=0.25).eval()
+    model.load_state_dict(legacy)  # strict
+    assert list(model.state_dict()) == list(saved.state_dict())
+    assert not any(".residual." in key for key in model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), saved(x))
+
+
+def test_zero_init_last_makes_every_residual_unit_its_shortcut():
+    torch.manual_seed(0)
+    model = randomised(build_model("fishnet99", width=0.25, init="identity"))
+    checked = []
+
+    def check(unit, inputs, output):
+        checked.append(torch.equal(output, unit.shortcut(inputs[0])))
+
+    for module in model.modules():
+        if isinstance(module, Bottleneck):
+            module.register_forward_hook(check)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    assert checked and all(checked)
+
+
+THROWAWAY = "throwaway_resnet"
+
+
+@pytest.fixture
+def throwaway_model(monkeypatch):
+    """A model registered by the decorator alone (timm faked, to see it registered there
+    too); removed from the registry afterwards."""
+    import types
+
+    timm_registry = {}
+    timm_models = types.ModuleType("timm.models")
+    timm_models.register_model = lambda fn: timm_registry.setdefault(fn.__name__, fn)
+    monkeypatch.setitem(sys.modules, "timm", types.ModuleType("timm"))
+    monkeypatch.setitem(sys.modules, "timm.models", timm_models)
+
+    @register_model(timm_name="preact_throwaway")
+    def throwaway_resnet(num_classes=10, stem="cifar", features_only=False, out_indices=None):
+        """A two-stage pre-activation ResNet."""
+        model = PreActResNet((1, 1), (16, 32, 64), num_classes=num_classes, stem=stem)
+        return as_backbone(model, features_only, out_indices)
+
+    yield timm_registry
+    unregister_model(THROWAWAY)
+
+
+def test_a_decorated_factory_is_a_model_everywhere(throwaway_model):
+    assert THROWAWAY in model_names() and THROWAWAY in MODELS
+    model = build_model(THROWAWAY, num_classes=3)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    backbone = build_model(THROWAWAY, features_only=True, out_indices=(1, 2))
+    assert backbone.feature_info.channels() == [32, 64]
+    timm_entry = throwaway_model["preact_throwaway"]
+    assert timm_entry.__doc__ == "A two-stage pre-activation ResNet."
+    assert timm_entry(pretrained=False, num_classes=5)(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+    with pytest.raises(ValueError, match="'throwaway_resnet' is registered already"):
+        register_model()(MODELS[THROWAWAY])
