@@ -33,7 +33,7 @@ from dataloader import (
     read_classes,
     read_manifest,
 )
-from dataloader.dataloader import IMAGENET_EIGVAL, IMAGENET_EIGVEC
+from dataloader.augment import IMAGENET_EIGVAL, IMAGENET_EIGVEC
 
 MANIFESTS = ("train_img2labels.json", "valid_img2labels.json", "test_img2labels.json")
 
