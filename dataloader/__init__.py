@@ -19,7 +19,7 @@ from dataloader.manifests import (
 
 # Name -> the module that defines it, imported when the name is first used.
 _LAZY_NAMES = {
-    "AUGMENTATIONS": "dataloader.loader",
+    "AUGMENTATIONS": "dataloader.augment",
     "DeviceLoader": "dataloader.loader",
     "ManifestDataset": "dataloader.loader",
     "channel_stats": "dataloader.splits",

@@ -1,11 +1,23 @@
-"""Batched augmentations of images on their device, drawn from a torch.Generator, and the
-normalisation that ends every training and evaluation batch."""
+"""What a batch goes through on its device before the network sees it: augmentations chosen
+by name from a table, and the normalisation that ends every batch.
+
+An augmentation is one batched step on the device, (images, generator, params) -> images,
+drawing from the generator, that declares what it works on (a Domain) and the parameters it
+takes (params, by name). A pipeline is a sequence of names, applied in order: the stored
+uint8 pixels are converted into each step's domain as it comes, and normalised after the
+last. Adding an augmentation is one entry of AUGMENTATIONS; train.py offers it in
+--augment and its parameters as flags (--NAME-PARAMETER). An unknown name is a ValueError
+naming the choices.
+"""
 
 from __future__ import annotations
 
+import enum
 import functools
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -135,3 +147,139 @@ def cutout(images: torch.Tensor, generator: torch.Generator, size: int) -> torch
     inside_cols = (cols >= -half) & (cols < size - half)
     keep = ~(inside_rows[:, None, :, None] & inside_cols[:, None, None, :])
     return images * keep
+
+
+class Domain(enum.IntEnum):
+    """What a batch holds, in the order it passes through them: a batch is converted forward
+    only (uint8 pixels cannot be recovered from normalised floats)."""
+
+    PIXELS = 0  # uint8 0..255, as stored: moved and gathered at a quarter of float32's cost
+    UNIT = 1  # float32 pixels / 255, in [0, 1]: for interpolation and colour shifts
+    NORMALISED = 2  # float32 (x - mean) / std per channel, as the network takes it: 0 is the mean
+
+    def __str__(self) -> str:
+        words = {
+            Domain.PIXELS: "uint8 pixels",
+            Domain.UNIT: "float pixels in [0, 1]",
+            Domain.NORMALISED: "normalised images",
+        }
+        return words[self]
+
+
+def _into_unit(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(255)
+
+
+# Domain -> the conversion into it, (images, mean, std) -> images, from any earlier domain.
+# uint8 pixels go straight to normalised images (normalize takes both), not through [0, 1].
+CONVERSIONS: dict[Domain, Callable[..., torch.Tensor]] = {
+    Domain.UNIT: _into_unit,
+    Domain.NORMALISED: normalize,
+}
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A number an augmentation takes, train.py's flag --NAME-PARAMETER (parameter_key)."""
+
+    name: str
+    type: type[int] | type[float]
+    default: float
+    minimum: float
+    maximum: float
+    help: str
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """step(images, generator, params) -> images of the same shape and dtype, on a batch in
+    domain `works_on`; params maps the name of each of `parameters` to its value."""
+
+    step: Callable[[torch.Tensor, torch.Generator, Mapping[str, float]], torch.Tensor]
+    works_on: Domain
+    parameters: tuple[Parameter, ...] = ()
+
+
+AUGMENTATIONS: dict[str, Augmentation] = {
+    # The CIFAR recipe: zero padding of 4, a random 32x32 crop, a random horizontal flip.
+    "crop-flip": Augmentation(
+        lambda images, generator, params: random_crop_flip(images, generator), Domain.PIXELS
+    ),
+    # The paper's ImageNet recipe at 32x32: random resized crop and flip, then PCA lighting.
+    "imagenet": Augmentation(
+        lambda images, generator, params: pca_lighting(
+            random_resized_crop_flip(images, generator), generator
+        ),
+        Domain.UNIT,
+    ),
+    "none": Augmentation(lambda images, generator, params: images, Domain.PIXELS),
+    # Erases to the mean, so on normalised images (DeVries and Taylor: 16 pixels on CIFAR-10).
+    "cutout": Augmentation(
+        lambda images, generator, params: cutout(images, generator, params["size"]),
+        Domain.NORMALISED,
+        (Parameter("size", int, 16, 1, 32, "side in pixels of the square cutout erases"),),
+    ),
+}
+
+
+def choose(name: str) -> Augmentation:
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}; choose from: {', '.join(AUGMENTATIONS)}")
+    return AUGMENTATIONS[name]
+
+
+def parameter_key(name: str, parameter: Parameter) -> str:
+    """The key of augmentation `name`'s parameter among a run's settings (train.py's args):
+    cutout's size is cutout_size, the flag --cutout-size."""
+    return f"{name}_{parameter.name}".replace("-", "_")
+
+
+def check_order(names: Sequence[str]) -> None:
+    """A ValueError unless every name is an augmentation and none works on an earlier domain
+    than one before it."""
+    domains = [choose(name).works_on for name in names]
+    for (earlier, before), (later, after) in itertools.pairwise(zip(names, domains, strict=True)):
+        if after < before:
+            raise ValueError(
+                f"augmentation {later} works on {after} and cannot follow {earlier}, which "
+                f"works on {before}; list {later} first"
+            )
+
+
+Transform = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+
+
+def pipeline(
+    names: Sequence[str],
+    settings: Mapping[str, object],
+    mean: torch.Tensor,
+    std: torch.Tensor,
+) -> list[Transform]:
+    """The transforms, (images, generator) -> images, that take a batch of stored uint8 images
+    through the augmentations `names` in order to normalised float32 images (mean and std:
+    float32 [3] on the batch's device). settings: the augmentations' parameters by
+    parameter_key (e.g. a run's args); one absent or None takes its default."""
+    check_order(names)
+    transforms: list[Transform] = []
+    domain = Domain.PIXELS
+    for name in names:
+        augmentation = AUGMENTATIONS[name]
+        if augmentation.works_on > domain:
+            domain = augmentation.works_on
+            transforms.append(_conversion(domain, mean, std))
+        params = {}
+        for parameter in augmentation.parameters:
+            value = settings.get(parameter_key(name, parameter))
+            params[parameter.name] = parameter.default if value is None else value
+        transforms.append(_with_params(augmentation.step, params))
+    if domain < Domain.NORMALISED:
+        transforms.append(_conversion(Domain.NORMALISED, mean, std))
+    return transforms
+
+
+def _conversion(domain: Domain, mean: torch.Tensor, std: torch.Tensor) -> Transform:
+    return lambda images, generator: CONVERSIONS[domain](images, mean, std)
+
+
+def _with_params(step: Callable[..., torch.Tensor], params: Mapping[str, float]) -> Transform:
+    return lambda images, generator: step(images, generator, params)

@@ -9,24 +9,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataloader.augment import (
-    cutout,
-    normalize,
-    pca_lighting,
-    random_crop_flip,
-    random_resized_crop_flip,
-)
+from dataloader.augment import pipeline
 from dataloader.manifests import read_classes, read_manifest
 from dataloader.splits import open_rgb
-
-AUGMENTATIONS = ("crop-flip", "none", "imagenet")
 
 # Random streams drawn from (seed, epoch, stream, ...): the shuffle is shared by all ranks,
 # the augmentation differs per rank.
@@ -84,12 +76,12 @@ class DeviceLoader:
 
     train=True: a new shuffle every epoch, drawn from (seed, epoch) so that the same seed gives
     the same batches and resuming at epoch e repeats epoch e (call set_epoch first), then the
-    augmentation (`augment`: "crop-flip", "none" or "imagenet"). train=False: the split in
-    order, only normalised. ``cutout`` (pixels, 0: off) erases a random square of every
-    training image after the augmentation. ``drop_last`` keeps full batches only, so every
-    step has the same shapes (one compilation, CUDA graphs); the shuffle changes every
-    epoch, so every image is still trained on. Otherwise every sample is kept and the last
-    batch may be smaller.
+    augmentations `augment`, names of dataloader.augment.AUGMENTATIONS applied in order, with
+    their parameters from `augment_params` (by parameter_key, e.g. {"cutout_size": 8} or a
+    run's settings; an absent one takes its default). train=False: the split in order, only
+    normalised. ``drop_last`` keeps full batches only, so every step has the same shapes (one
+    compilation, CUDA graphs); the shuffle changes every epoch, so every image is still
+    trained on. Otherwise every sample is kept and the last batch may be smaller.
 
     With world_size > 1 every global batch of world_size * batch_size samples is split among
     the ranks, so the ranks see disjoint parts covering the epoch once, in the same number of
@@ -109,8 +101,8 @@ class DeviceLoader:
         mean: Sequence[float],
         std: Sequence[float],
         train: bool,
-        augment: str = "crop-flip",
-        cutout: int = 0,
+        augment: Sequence[str] = ("crop-flip",),
+        augment_params: Mapping[str, object] | None = None,
         drop_last: bool = False,
         seed: int = 0,
         device: str | torch.device = "cpu",
@@ -124,8 +116,6 @@ class DeviceLoader:
             )
         if labels.shape != images.shape[:1]:
             raise ValueError(f"expected {images.shape[0]} labels, got {tuple(labels.shape)}")
-        if augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
         if batch_size < 1 or not 0 <= rank < world_size or seed < 0:
             raise ValueError("need batch_size >= 1, 0 <= rank < world_size and seed >= 0")
         self.device = torch.device(device)
@@ -137,8 +127,10 @@ class DeviceLoader:
         self._mean = torch.tensor(self.mean, dtype=torch.float32, device=self.device)
         self._std = torch.tensor(self.std, dtype=torch.float32, device=self.device)
         self.train = train
-        self.augment = augment
-        self.cutout_size = cutout
+        self.augment = tuple(augment)
+        # Built (and the names checked) for evaluation too, where only normalisation is used.
+        augmented = pipeline(self.augment, augment_params or {}, self._mean, self._std)
+        self._transforms = augmented if train else pipeline((), {}, self._mean, self._std)
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -196,14 +188,6 @@ class DeviceLoader:
         generator.manual_seed(_stream_seed(self.seed, self.epoch, *keys))
         return generator
 
-    def _augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.augment == "crop-flip":
-            return normalize(random_crop_flip(images, generator), self._mean, self._std)
-        if self.augment == "imagenet":
-            images = random_resized_crop_flip(images.float().div_(255), generator)
-            return normalize(pca_lighting(images, generator), self._mean, self._std)
-        return normalize(images, self._mean, self._std)
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         count = len(self.images)
         if self.train:
@@ -219,18 +203,15 @@ class DeviceLoader:
             self._augment_generator = augment_generator
         else:
             order = torch.arange(count, device=self.device)
+            augment_generator = None
         first = self._resume["step"] if self._resume else 0
         self._resume = None
         for step in range(first, len(self._bounds)):
             start, stop = self._bounds[step]
             indices = torch.tensor_split(order[start:stop], self.world_size)[self.rank]
             images = self.images[indices]
-            if self.train:
-                images = self._augment(images, augment_generator)
-                if self.cutout_size:
-                    images = cutout(images, augment_generator, self.cutout_size)
-            else:
-                images = normalize(images, self._mean, self._std)
+            for transform in self._transforms:
+                images = transform(images, augment_generator)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             self.step = step + 1
