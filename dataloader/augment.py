@@ -217,7 +217,16 @@ AUGMENTATIONS: dict[str, Augmentation] = {
     "cutout": Augmentation(
         lambda images, generator, params: cutout(images, generator, params["size"]),
         Domain.NORMALISED,
-        (Parameter("size", int, 16, 1, 32, "side in pixels of the square cutout erases"),),
+        (
+            Parameter(
+                "size",
+                int,
+                default=16,
+                minimum=1,
+                maximum=32,  # the image side
+                help="side in pixels of the square cutout erases",
+            ),
+        ),
     ),
 }
 
