@@ -291,7 +291,7 @@ class Data:
             args.batch_size,
             train=True,
             augment=args.augment,
-            cutout=args.cutout,
+            augment_params=vars(args),
             seed=args.seed,
             drop_last=True,
             **common,

@@ -33,7 +33,7 @@ from dataloader import (
     read_classes,
     read_manifest,
 )
-from dataloader.dataloader import IMAGENET_EIGVAL, IMAGENET_EIGVEC
+from dataloader.augment import IMAGENET_EIGVAL, IMAGENET_EIGVEC
 
 MANIFESTS = ("train_img2labels.json", "valid_img2labels.json", "test_img2labels.json")
 
@@ -603,10 +603,10 @@ def test_same_seed_same_batches_and_resuming_repeats_an_epoch() -> None:
     assert not torch.equal(by_id[0], by_id[1])
 
 
-@pytest.mark.parametrize("augment", ["crop-flip", "none", "imagenet"])
+@pytest.mark.parametrize("augment", ["crop-flip", "none", "imagenet", "cutout"])
 def test_augment_choices_give_normalised_float_batches(augment: str) -> None:
     images, ids = id_images(100)
-    loader = DeviceLoader(images, ids, 50, **STATS, train=True, augment=augment, seed=1)
+    loader = DeviceLoader(images, ids, 50, **STATS, train=True, augment=[augment], seed=1)
     batch_images, batch_ids = run_epoch(loader)
     combined = torch.cat(batch_images)
     assert combined.shape == (100, 3, 32, 32) and torch.isfinite(combined).all()
@@ -617,7 +617,7 @@ def test_augment_choices_give_normalised_float_batches(augment: str) -> None:
         assert not torch.allclose(
             combined, normalize(images[torch.cat(batch_ids)], STATS["mean"], STATS["std"])
         )
-    again = DeviceLoader(images, ids, 50, **STATS, train=True, augment=augment, seed=1)
+    again = DeviceLoader(images, ids, 50, **STATS, train=True, augment=[augment], seed=1)
     assert torch.equal(torch.cat(run_epoch(again)[0]), combined)
 
 

@@ -34,7 +34,7 @@ model.eval()
 images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8,
                        generator=torch.Generator().manual_seed(1))
 loader = DeviceLoader(images, torch.arange(16) % 10, 16 // world_size, mean=(0.5,) * 3,
-                      std=(0.25,) * 3, train=True, augment="none", rank=rank,
+                      std=(0.25,) * 3, train=True, augment=["none"], rank=rank,
                       world_size=world_size)
 batch, labels = next(iter(loader))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)

@@ -257,7 +257,10 @@ def test_resume_names_changed_fields_and_accepts_older_checkpoints():
     args = parse_args(["--lr", "0.05", "--device", "cpu", "--compile"])
     saved = dict(vars(parse_args([])))
     assert resume_mismatches(saved, args) == ["--lr 0.1 (now 0.05)"]
-    # A checkpoint written before --ema, --cutout or --init existed holds none of them.
-    older = {k: v for k, v in vars(parse_args([])).items() if k not in ("ema", "cutout", "init")}
+    # A checkpoint written before --ema, --cutout or --init existed holds none of them, and
+    # --augment as one name.
+    dropped = ("ema", "cutout_size", "init")
+    older = {k: v for k, v in vars(parse_args([])).items() if k not in dropped}
+    older["augment"] = "crop-flip"
     assert resume_mismatches(older, parse_args([])) == []
     assert resume_mismatches(older, parse_args(["--ema", "0.9"])) == ["--ema None (now 0.9)"]

@@ -3,7 +3,7 @@
 import torch
 
 from dataloader import pca_lighting
-from dataloader.dataloader import IMAGENET_EIGVAL, IMAGENET_EIGVEC
+from dataloader.augment import IMAGENET_EIGVAL, IMAGENET_EIGVEC
 
 
 def fb_resnet_lighting(alpha: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from training.options import (
 def test_the_run_defining_fields_are_the_model_switch_and_recipe_flags():
     fields = run_defining_fields()
     assert {"model", "width", "init", "downsample", "bridge", "epochs", "lr", "seed"} <= set(fields)
-    assert {"augment", "label_smoothing", "ema", "train_subset", "train_on_all"} <= set(fields)
+    assert {"augment", "cutout_size", "label_smoothing", "ema", "train_on_all"} <= set(fields)
     # Where and how fast a run executes may change on --resume.
     assert not {"data", "out", "device", "amp", "compile", "eval_batch_size"} & set(fields)
     assert len(fields) == len(set(fields))

@@ -128,7 +128,8 @@ def test_learns_real_cifar10_on_the_cpu(cifar10_dir, tmp_path):
 
 def test_moving_average_flip_cutout_fp16_and_the_run_record(synthetic_cifar10_dir, tmp_path):
     out = tmp_path / "run"
-    flags = ["--epochs", "1", "--ema", "0.9", "--flip-eval", "--cutout", "8", "--amp", "fp16"]
+    flags = ["--epochs", "1", "--ema", "0.9", "--flip-eval", "--augment", "crop-flip", "cutout",
+             "--cutout-size", "8", "--amp", "fp16"]  # fmt: skip
     train(synthetic_cifar10_dir, out, *flags)
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     assert "ema_state_dict" in checkpoint and checkpoint["scaler"]["scale"] > 0
@@ -137,6 +138,8 @@ def test_moving_average_flip_cutout_fp16_and_the_run_record(synthetic_cifar10_di
     record = json.loads((out / "args.json").read_text())
     assert record["args"]["ema"] == 0.9 and "train.py" in record["command"]
     assert "--ema 0.9" in record["command"]
+    assert record["args"]["augment"] == ["crop-flip", "cutout"]
+    assert record["args"]["cutout_size"] == 8
 
     # eval.py scores the moving average, as validation did, from any folder.
     result = run_script("eval.py", out / "best.pt", "--json", "--flip", "--device", "cpu",
@@ -160,8 +163,9 @@ def test_a_checkpoint_from_before_new_flags_still_resumes(synthetic_cifar10_dir,
     out = tmp_path / "run"
     train(synthetic_cifar10_dir, out, "--epochs", "1")
     checkpoint = torch.load(out / "last.pt", weights_only=True)
-    for key in ("ema", "cutout", "init", "decay_norm_bias", "train_on_all", "flip_eval"):
+    for key in ("ema", "cutout_size", "init", "decay_norm_bias", "train_on_all", "flip_eval"):
         del checkpoint["args"][key]
+    checkpoint["args"]["augment"] = "crop-flip"  # one name, before the augmentation table
     del checkpoint["scaler"]
     checkpoint["args"]["amp"] = False  # older runs recorded bf16 autocast as a boolean
     torch.save(checkpoint, out / "last.pt")

@@ -3,7 +3,7 @@ adapters that turn the flags into the training library's keywords."""
 
 import argparse
 
-from dataloader import AUGMENTATIONS
+from dataloader.augment import AUGMENTATIONS, Parameter, check_order, parameter_key
 from models import INITS, SWITCHES, check_width, model_names, switch_kwargs
 from training.cli import (
     HelpFormatter,
@@ -57,6 +57,15 @@ PRESETS = {
     },
 }
 
+# The augmentations' parameters by their key among the flags (cutout_size: --cutout-size), with
+# the augmentation that takes each. A parameter is None unless its augmentation is in
+# --augment, so that it defines only the runs that use it.
+AUGMENT_PARAMETERS = {
+    parameter_key(name, parameter): (name, parameter)
+    for name, augmentation in AUGMENTATIONS.items()
+    for parameter in augmentation.parameters
+}
+
 # What defines a run: the flags of these argument groups. --resume refuses to continue a run
 # when one of them differs, and lets every other flag (where and how fast it runs) change; a
 # flag added to one of these groups is run-defining with nothing else to edit. A checkpoint
@@ -88,6 +97,21 @@ def model_width(text: str) -> float:
     if value > MAX_WIDTH:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_WIDTH:g}, got {text}")
     return value
+
+
+def parameter_type(parameter: Parameter):
+    """The argparse type of an augmentation's parameter, within its bounds."""
+
+    def parse(text: str) -> float:
+        value = parameter.type(text)
+        if not parameter.minimum <= value <= parameter.maximum:
+            raise argparse.ArgumentTypeError(
+                f"must be from {parameter.minimum} to {parameter.maximum}, got {text}"
+            )
+        return value
+
+    parse.__name__ = parameter.type.__name__  # argparse names the type in its messages
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,13 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="linear warm-up in epochs (none given: 30%% of the run for onecycle, else none)",
     )
     recipe("--label-smoothing", type=fraction, default=0.0, help="label smoothing")
-    recipe("--augment", default="crop-flip", choices=AUGMENTATIONS, help="augmentation")
+    default_augment = ["crop-flip"]
     recipe(
-        "--cutout",
-        type=non_negative_int,
-        default=0,
-        help="side of a square erased at a random place of every training image (0: off)",
+        "--augment",
+        nargs="+",
+        default=default_augment,
+        choices=AUGMENTATIONS,
+        metavar="NAME",
+        help="augmentations of every training image, applied in the order given: "
+        f"{', '.join(AUGMENTATIONS)} (default: {' '.join(default_augment)})",
     )
+    for key, (name, parameter) in AUGMENT_PARAMETERS.items():
+        recipe(
+            _flag(key),
+            type=parameter_type(parameter),
+            default=None,
+            help=f"{parameter.help}, with {name} in --augment (none given: {parameter.default})",
+        )
     recipe(
         "--ema",
         type=fraction,
@@ -272,8 +306,15 @@ def parse_args(
         parser.error("--nesterov needs --optimizer sgd and a non-zero --momentum")
     if args.warmup_epochs is not None and args.warmup_epochs >= args.epochs:
         parser.error("--warmup-epochs must be shorter than --epochs")
-    if args.cutout > 32:
-        parser.error("--cutout must be at most 32 (the image side)")
+    try:
+        check_order(args.augment)
+    except ValueError as error:
+        parser.error(f"--augment: {error}")
+    for key, (name, parameter) in AUGMENT_PARAMETERS.items():
+        if name not in args.augment and getattr(args, key) is not None:
+            parser.error(f"{_flag(key)} needs {name} in --augment")
+        if name in args.augment and getattr(args, key) is None:
+            setattr(args, key, parameter.default)
     try:
         switch_kwargs(args.model, vars(args))
     except ValueError as error:
@@ -321,8 +362,27 @@ def run_defining_fields(parser: argparse.ArgumentParser | None = None) -> list[s
     return [action.dest for title in RUN_DEFINING_GROUPS for action in groups[title]._group_actions]
 
 
+def upgrade_saved_args(saved: dict) -> dict:
+    """A checkpoint's flags in today's terms. Runs before the augmentation table recorded
+    --augment as one name and --cutout N (0: off) beside it: augment "crop-flip" with
+    cutout 8 is today's --augment crop-flip cutout --cutout-size 8."""
+    if not isinstance(saved.get("augment"), str):
+        return saved
+    upgraded = {key: value for key, value in saved.items() if key != "cutout"}
+    cutout_size = saved.get("cutout", 0)
+    upgraded["augment"] = [saved["augment"], *(["cutout"] if cutout_size else [])]
+    upgraded["cutout_size"] = cutout_size or None
+    return upgraded
+
+
+def _shown(value: object) -> str:
+    """A flag's value as it is written on the command line (lists: space-separated)."""
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def resume_mismatches(saved: dict, args: argparse.Namespace) -> list[str]:
     """The run-defining flags whose values differ between a checkpoint and ``args``."""
+    saved = upgrade_saved_args(saved)
     parser = build_parser()
     defaults = parser.parse_args([])
     fields = [
@@ -330,7 +390,8 @@ def resume_mismatches(saved: dict, args: argparse.Namespace) -> list[str]:
     ]
     # A step schedule does not depend on the run's length, so such a run may be extended.
     return [
-        f"{_flag(key)} {saved.get(key, getattr(defaults, key))} (now {getattr(args, key)})"
+        f"{_flag(key)} {_shown(saved.get(key, getattr(defaults, key)))} "
+        f"(now {_shown(getattr(args, key))})"
         for key in fields
         if saved.get(key, getattr(defaults, key)) != getattr(args, key)
     ]

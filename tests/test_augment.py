@@ -1,0 +1,219 @@
+"""The augmentation table (dataloader.augment.AUGMENTATIONS), the pipelines built from it,
+train.py's --augment and --cutout-size, and resuming runs recorded before the table."""
+
+import re
+
+import pytest
+import torch
+
+from dataloader import DeviceLoader, cutout, normalize, pca_lighting
+from dataloader.augment import (
+    AUGMENTATIONS,
+    CONVERSIONS,
+    Augmentation,
+    Domain,
+    Parameter,
+    random_crop_flip,
+    random_resized_crop_flip,
+)
+from dataloader.loader import AUGMENT_STREAM, SHUFFLE_STREAM, _stream_seed
+from training.options import parse_args, resume_mismatches, upgrade_saved_args
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
+# The values a batch of each domain holds: uint8 by its dtype; lighting shifts [0, 1] pixels
+# by a few hundredths; normalised pixels lie between (0 - mean) / std and (1 - mean) / std.
+RANGES = {
+    Domain.PIXELS: (0, 255),
+    Domain.UNIT: (-0.25, 1.25),
+    Domain.NORMALISED: (
+        min(-m / s for m, s in zip(MEAN, STD, strict=True)),
+        max((1 - m) / s for m, s in zip(MEAN, STD, strict=True)),
+    ),
+}
+
+
+def pixels(count: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=generator)
+
+
+def loader(images: torch.Tensor, **kwargs) -> DeviceLoader:
+    return DeviceLoader(
+        images, torch.arange(len(images)), 25, mean=MEAN, std=STD, train=True, **kwargs
+    )
+
+
+def test_an_unknown_augmentation_is_refused_naming_the_choices(capsys):
+    choices = ", ".join(AUGMENTATIONS)  # crop-flip, imagenet, none, cutout, ...
+    with pytest.raises(ValueError, match=re.escape(f"'flop'; choose from: {choices}")):
+        loader(pixels(50), augment=["crop-flip", "flop"])
+    with pytest.raises(SystemExit):
+        parse_args(["--augment", "crop-flip", "flop"])
+    assert "invalid choice: 'flop'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", AUGMENTATIONS)
+def test_every_augmentation_keeps_shape_dtype_and_range_and_follows_its_seed(name):
+    augmentation = AUGMENTATIONS[name]
+    mean, std = torch.tensor(MEAN), torch.tensor(STD)
+    batch = pixels(8)
+    if augmentation.works_on > Domain.PIXELS:
+        batch = CONVERSIONS[augmentation.works_on](batch, mean, std)
+    params = {parameter.name: parameter.default for parameter in augmentation.parameters}
+
+    def augmented(seed: int) -> torch.Tensor:
+        return augmentation.step(batch.clone(), torch.Generator().manual_seed(seed), params)
+
+    result = augmented(1)
+    assert result.shape == batch.shape and result.dtype == batch.dtype
+    low, high = RANGES[augmentation.works_on]
+    assert low <= result.min() and result.max() <= high
+    assert torch.equal(augmented(1), result)
+    assert name == "none" or not torch.equal(augmented(2), result)
+
+
+# What DeviceLoader's training batches were before the table, from the same primitives: an
+# augmentation by name, then cutout of the given size (0: none), drawing from one generator.
+BEFORE_THE_TABLE = {
+    "crop-flip": lambda images, generator, mean, std: normalize(
+        random_crop_flip(images, generator), mean, std
+    ),
+    "imagenet": lambda images, generator, mean, std: normalize(
+        pca_lighting(random_resized_crop_flip(images.float().div_(255), generator), generator),
+        mean,
+        std,
+    ),
+    "none": lambda images, generator, mean, std: normalize(images, mean, std),
+}
+
+
+def batches_before_the_table(images, augment, cutout_size, seed, epochs):
+    mean, std = torch.tensor(MEAN), torch.tensor(STD)
+    batches = []
+    for epoch in range(epochs):
+        shuffle = torch.Generator().manual_seed(_stream_seed(seed, epoch, SHUFFLE_STREAM))
+        generator = torch.Generator().manual_seed(_stream_seed(seed, epoch, AUGMENT_STREAM, 0))
+        order = torch.randperm(len(images), generator=shuffle)
+        for start in range(0, len(images), 25):
+            batch = BEFORE_THE_TABLE[augment](
+                images[order[start : start + 25]], generator, mean, std
+            )
+            batches.append(cutout(batch, generator, cutout_size) if cutout_size else batch)
+    return batches
+
+
+@pytest.mark.parametrize(
+    ("augment", "cutout_size"), [("crop-flip", 0), ("imagenet", 0), ("none", 0), ("crop-flip", 8)]
+)
+def test_the_same_seed_gives_the_batches_it_gave_before_the_table(augment, cutout_size):
+    images = pixels(100)
+    names = [augment, *(["cutout"] if cutout_size else [])]
+    now = loader(images, augment=names, augment_params={"cutout_size": cutout_size}, seed=7)
+    batches = []
+    for epoch in range(2):
+        now.set_epoch(epoch)
+        batches += [batch for batch, _ in now]
+    expected = batches_before_the_table(images, augment, cutout_size, seed=7, epochs=2)
+    assert len(batches) == len(expected) == 8
+    assert all(torch.equal(a, b) for a, b in zip(batches, expected, strict=True))
+
+
+def test_an_interrupted_epoch_with_cutout_continues_with_the_same_batches():
+    options = {"augment": ["crop-flip", "cutout"], "augment_params": {"cutout_size": 8}}
+    running = loader(pixels(100), seed=3, **options)
+    running.set_epoch(1)
+    batches = iter(running)
+    next(batches)
+    state = running.state_dict()
+    rest = [images for images, _ in batches]
+    resumed = loader(pixels(100), seed=3, **options)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, b) for (a, _), b in zip(resumed, rest, strict=True))
+
+
+def test_a_step_cannot_follow_one_on_a_later_domain():
+    with pytest.raises(
+        ValueError, match="crop-flip works on uint8 pixels and cannot follow cutout"
+    ):
+        loader(pixels(50), augment=["cutout", "crop-flip"])
+    loader(pixels(50), augment=["crop-flip", "imagenet", "cutout"])  # pixels, [0, 1], normalised
+
+
+def test_an_added_augmentation_needs_no_other_edit(monkeypatch):
+    # A parameter of its own, taken from the settings by its key, as --roll-pixels would be.
+    roll = Augmentation(
+        lambda images, generator, params: images.roll(params["pixels"], dims=-1),
+        Domain.PIXELS,
+        (Parameter("pixels", int, 1, 1, 32, "columns to roll"),),
+    )
+    monkeypatch.setitem(AUGMENTATIONS, "roll", roll)
+    monkeypatch.setitem(AUGMENTATIONS, "vflip", Augmentation(
+        lambda images, generator, params: images.flip(-2), Domain.PIXELS))  # fmt: skip
+    assert parse_args(["--augment", "vflip", "cutout"]).augment == ["vflip", "cutout"]
+    images = pixels(50)
+    flipped = loader(images, augment=["roll", "vflip"], augment_params={"roll_pixels": 3})
+    (batch, ids), *_ = flipped
+    expected = normalize(images[ids].roll(3, dims=-1).flip(-2), MEAN, STD)
+    assert torch.equal(batch, expected)
+
+
+def test_augment_flags():
+    assert parse_args([]).augment == ["crop-flip"] and parse_args([]).cutout_size is None
+    assert parse_args(["--augment", "crop-flip", "cutout"]).cutout_size == 16
+    args = parse_args(["--augment", "none", "cutout", "--cutout-size", "8"])
+    assert args.augment == ["none", "cutout"] and args.cutout_size == 8
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--augment", "cutout", "--cutout-size", "33"], "--cutout-size: must be from 1 to 32"),
+        (["--cutout-size", "8"], "--cutout-size needs cutout in --augment"),
+        # The flag of runs before the table abbreviates --cutout-size: refused, not ignored.
+        (["--cutout", "8"], "--cutout-size needs cutout in --augment"),
+        (["--augment", "cutout", "none"], "none works on uint8 pixels and cannot follow cutout"),
+    ],
+)
+def test_bad_augment_flags_are_one_line_errors(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(flags)
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.startswith("train.py: error: ") and message in last_line
+
+
+def legacy_args(augment: str, cutout_size: int) -> dict:
+    """A checkpoint's args before the table: --augment one name, --cutout N (0: off)."""
+    args = {k: v for k, v in vars(parse_args([])).items() if k != "cutout_size"}
+    return {**args, "augment": augment, "cutout": cutout_size}
+
+
+def test_args_recorded_before_the_table_read_as_todays():
+    assert upgrade_saved_args({"augment": "crop-flip", "cutout": 8, "lr": 0.1}) == {
+        "augment": ["crop-flip", "cutout"],
+        "cutout_size": 8,
+        "lr": 0.1,
+    }
+    assert upgrade_saved_args({"augment": "imagenet", "cutout": 0}) == {
+        "augment": ["imagenet"],
+        "cutout_size": None,
+    }
+    assert upgrade_saved_args({"augment": "none"}) == {"augment": ["none"], "cutout_size": None}
+    today = {"augment": ["crop-flip"], "cutout_size": None}
+    assert upgrade_saved_args(today) == today
+
+
+def test_runs_recorded_before_the_table_resume_under_todays_flags():
+    with_cutout = ["--augment", "crop-flip", "cutout", "--cutout-size", "8"]
+    assert resume_mismatches(legacy_args("crop-flip", 0), parse_args([])) == []
+    assert resume_mismatches(legacy_args("crop-flip", 8), parse_args(with_cutout)) == []
+    # A changed augmentation is still refused.
+    assert resume_mismatches(
+        legacy_args("crop-flip", 0), parse_args(["--augment", "imagenet"])
+    ) == ["--augment crop-flip (now imagenet)"]
+    assert resume_mismatches(legacy_args("crop-flip", 8), parse_args([])) == [
+        "--augment crop-flip cutout (now crop-flip)",
+        "--cutout-size 8 (now None)",
+    ]
+    assert resume_mismatches(
+        legacy_args("crop-flip", 8), parse_args(["--augment", "crop-flip", "cutout"])
+    ) == ["--cutout-size 8 (now 16)"]
