@@ -68,7 +68,7 @@ def expand(inputs: list[Path]) -> list[Path]:
 def read(path: Path, size: int) -> Tensor | str:
     """The image as the model's size x size input, or why it cannot be had."""
     if path.is_dir():
-        return f"{path}: a folder without image files ({', '.join(IMAGE_SUFFIXES)})"
+        return f"{path}: a folder without image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
     try:
         return read_image_file(path, size)
     except ImageError as error:

@@ -244,14 +244,23 @@ def parameter_key(name: str, parameter: Parameter) -> str:
 
 
 def check_order(names: Sequence[str]) -> None:
-    """A ValueError unless every name is an augmentation and none works on an earlier domain
-    than one before it."""
+    """A ValueError unless ``names`` lists augmentations, each once, in the order of what
+    they work on (uint8 pixels, then float pixels in [0, 1], then normalised images), with
+    ``none`` alone."""
+    if isinstance(names, str):
+        raise ValueError(f"give the augmentations as a list of names, not the string {names!r}")
     domains = [choose(name).works_on for name in names]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} given more than once")
+    if "none" in names and len(names) > 1:
+        raise ValueError("none means no augmentation and stands alone")
     for (earlier, before), (later, after) in itertools.pairwise(zip(names, domains, strict=True)):
         if after < before:
+            order = ", then ".join(map(str, Domain))
             raise ValueError(
-                f"augmentation {later} works on {after} and cannot follow {earlier}, which "
-                f"works on {before}; list {later} first"
+                f"{later} (on {after}) cannot follow {earlier} (on {before}): augmentations "
+                f"go in the order of what they work on: {order}"
             )
 
 

@@ -127,9 +127,9 @@ class DeviceLoader:
         self._mean = torch.tensor(self.mean, dtype=torch.float32, device=self.device)
         self._std = torch.tensor(self.std, dtype=torch.float32, device=self.device)
         self.train = train
-        self.augment = tuple(augment)
         # Built (and the names checked) for evaluation too, where only normalisation is used.
-        augmented = pipeline(self.augment, augment_params or {}, self._mean, self._std)
+        augmented = pipeline(augment, augment_params or {}, self._mean, self._std)
+        self.augment = tuple(augment)
         self._transforms = augmented if train else pipeline((), {}, self._mean, self._std)
         self.seed = seed
         self.rank = rank

@@ -4,7 +4,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from .blocks import INITS, STEM_INPUT_SIZES
+from .blocks import INITS, STEM_INPUT_SIZES, upgrade_state_dict
 from .complexity import count_macs, count_parameters
 from .features import Backbone, FeatureInfo, FeatureListNet
 
@@ -76,4 +76,5 @@ __all__ = [
     "register_model",
     "switch_flags",
     "switch_kwargs",
+    "upgrade_state_dict",
 ]

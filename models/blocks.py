@@ -93,7 +93,29 @@ def rename_keys(state_dict: dict, prefix: str, renames: dict[str, str]) -> None:
                 break
 
 
-class Bottleneck(nn.Module):
+class RenamedLayers:
+    """A module whose layers were once named otherwise: ``LEGACY_NAMES`` maps the old
+    names to today's, and ``load_state_dict`` renames a checkpoint's keys accordingly."""
+
+    LEGACY_NAMES: ClassVar[dict[str, str]] = {}
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
+        rename_keys(state_dict, prefix, self.LEGACY_NAMES)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def upgrade_state_dict(model: nn.Module, state_dict: dict) -> dict:
+    """``state_dict`` with the keys of checkpoints written before ``model``'s layers had
+    today's names renamed, as ``load_state_dict`` renames them: for checks that compare a
+    checkpoint's keys with a model's before loading it."""
+    upgraded = dict(state_dict)
+    for name, module in model.named_modules():
+        if isinstance(module, RenamedLayers):
+            rename_keys(upgraded, f"{name}." if name else "", module.LEGACY_NAMES)
+    return upgraded
+
+
+class Bottleneck(RenamedLayers, nn.Module):
     """Pre-activation bottleneck residual unit: BN-ReLU-conv1x1, BN-ReLU-conv3x3, BN-ReLU-conv1x1.
 
     The shortcut is, in this order of precedence:
@@ -166,10 +188,6 @@ class Bottleneck(nn.Module):
     def zero_init_last(self) -> None:
         """Zeroes the branch's last convolution: the unit then outputs its shortcut."""
         nn.init.zeros_(self.conv3.weight)
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
-        rename_keys(state_dict, prefix, self.LEGACY_NAMES)
-        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 def residual_units(
@@ -397,10 +415,10 @@ def init_identity(model: nn.Module) -> None:
 
     Only the bottlenecks add a branch onto a shortcut: their ``zero_init_last`` (timm's name)
     zeroes the branch's last convolution, so that every unit outputs its shortcut (the
-    identity, r(x) or the projection), so
-    a transfer block starts as the identity and the signal reaches the classifier through
-    shortcuts alone. Projection shortcuts, the bridge's score and gate and the samplings
-    are the path itself, not a branch beside it, and keep their He init. The classifier's
+    identity, r(x) or the projection): a transfer block starts as the identity and the
+    signal reaches the classifier through shortcuts alone. Projection shortcuts, the
+    bridge's score and gate and the samplings are the path itself, not a branch beside it,
+    and keep their He init. The classifier's
     small (not zero) weights give logits near zero, a loss near ln(classes), and still
     pass a gradient to the zeroed convolutions, so every parameter trains from the second
     step on.

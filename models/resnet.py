@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from .blocks import Bottleneck, init_weights, make_stem, rename_keys
+from .blocks import Bottleneck, RenamedLayers, init_weights, make_stem
 from .features import Backbone, FeatureInfo, as_backbone, feature_entry
 from .fishnet import scale_channels
 from .registry import register_model
@@ -18,7 +18,7 @@ from .registry import register_model
 PLANES = (64, 256, 512, 1024, 2048)
 
 
-class PreActResNet(Backbone):
+class PreActResNet(RenamedLayers, Backbone):
     """``forward_features`` returns the map of every stage, keyed ``stem``, ``stage1``..;
     ``feature_info`` and ``init`` are as in :class:`~models.fishnet.FishNet`."""
 
@@ -80,10 +80,6 @@ class PreActResNet(Backbone):
     def truncate(self, num_features: int) -> None:
         del self.stages[num_features - 1 :]
         super().truncate(num_features)
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
-        rename_keys(state_dict, prefix, self.LEGACY_NAMES)
-        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 def _resnet(

@@ -132,9 +132,7 @@ def test_an_interrupted_epoch_with_cutout_continues_with_the_same_batches():
 
 
 def test_a_step_cannot_follow_one_on_a_later_domain():
-    with pytest.raises(
-        ValueError, match="crop-flip works on uint8 pixels and cannot follow cutout"
-    ):
+    with pytest.raises(ValueError, match=r"crop-flip \(on uint8 pixels\) cannot follow cutout"):
         loader(pixels(50), augment=["cutout", "crop-flip"])
     loader(pixels(50), augment=["crop-flip", "imagenet", "cutout"])  # pixels, [0, 1], normalised
 
@@ -160,8 +158,8 @@ def test_an_added_augmentation_needs_no_other_edit(monkeypatch):
 def test_augment_flags():
     assert parse_args([]).augment == ["crop-flip"] and parse_args([]).cutout_size is None
     assert parse_args(["--augment", "crop-flip", "cutout"]).cutout_size == 16
-    args = parse_args(["--augment", "none", "cutout", "--cutout-size", "8"])
-    assert args.augment == ["none", "cutout"] and args.cutout_size == 8
+    args = parse_args(["--augment", "cutout", "--cutout-size", "8"])
+    assert args.augment == ["cutout"] and args.cutout_size == 8
 
 
 @pytest.mark.parametrize(
@@ -169,9 +167,13 @@ def test_augment_flags():
     [
         (["--augment", "cutout", "--cutout-size", "33"], "--cutout-size: must be from 1 to 32"),
         (["--cutout-size", "8"], "--cutout-size needs cutout in --augment"),
-        # The flag of runs before the table abbreviates --cutout-size: refused, not ignored.
-        (["--cutout", "8"], "--cutout-size needs cutout in --augment"),
-        (["--augment", "cutout", "none"], "none works on uint8 pixels and cannot follow cutout"),
+        # The flag of runs before the table: refused by name, not read as --cutout-size.
+        (["--cutout", "8"], "--cutout 8: give --augment NAME cutout --cutout-size N instead"),
+        (["--augment", "crop-flip", "cutout", "--cutout", "8"], "--cutout 8: give --augment"),
+        (["--cutout", "0"], "(--cutout 0: leave cutout out of --augment)"),
+        (["--augment", "cutout", "crop-flip"], "crop-flip (on uint8 pixels) cannot follow cutout"),
+        (["--augment", "cutout", "none"], "none means no augmentation and stands alone"),
+        (["--augment", "crop-flip", "crop-flip"], "crop-flip given more than once"),
     ],
 )
 def test_bad_augment_flags_are_one_line_errors(flags, message, capsys):
@@ -198,6 +200,11 @@ def test_args_recorded_before_the_table_read_as_todays():
         "cutout_size": None,
     }
     assert upgrade_saved_args({"augment": "none"}) == {"augment": ["none"], "cutout_size": None}
+    # Cutout alone, as today's flags say it (none stands alone).
+    assert upgrade_saved_args({"augment": "none", "cutout": 8}) == {
+        "augment": ["cutout"],
+        "cutout_size": 8,
+    }
     today = {"augment": ["crop-flip"], "cutout_size": None}
     assert upgrade_saved_args(today) == today
 
@@ -210,9 +217,9 @@ def test_runs_recorded_before_the_table_resume_under_todays_flags():
     assert resume_mismatches(
         legacy_args("crop-flip", 0), parse_args(["--augment", "imagenet"])
     ) == ["--augment crop-flip (now imagenet)"]
+    # Cutout's size is named only where both runs use cutout.
     assert resume_mismatches(legacy_args("crop-flip", 8), parse_args([])) == [
-        "--augment crop-flip cutout (now crop-flip)",
-        "--cutout-size 8 (now None)",
+        "--augment crop-flip cutout (now crop-flip)"
     ]
     assert resume_mismatches(
         legacy_args("crop-flip", 8), parse_args(["--augment", "crop-flip", "cutout"])

@@ -345,6 +345,25 @@ def test_a_checkpoint_with_positional_names_loads_and_gives_the_same_output(name
         assert torch.equal(model(x), saved(x))
 
 
+@pytest.mark.parametrize("name", ["fishnet99", "resnet50"])
+def test_a_checkpoint_with_positional_names_is_read_by_eval_predict_and_hub(name, tmp_path):
+    """eval.py, predict.py, tools.visualize and the hub's checkpoint= compare a checkpoint's
+    keys with the model's before loading it: the old names are renamed first."""
+    from training.checkpoint import model_from_checkpoint
+
+    torch.manual_seed(0)
+    saved = randomised(build_model(name, width=0.25)).eval()
+    checkpoint = {
+        "model": {"name": name, "kwargs": {"width": 0.25, "num_classes": 10}},
+        "state_dict": legacy_state_dict(saved),
+        "classes": [f"class {label}" for label in range(10)],
+    }
+    model = model_from_checkpoint(checkpoint, tmp_path / "old.pt").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), saved(x))
+
+
 def test_zero_init_last_makes_every_residual_unit_its_shortcut():
     torch.manual_seed(0)
     model = randomised(build_model("fishnet99", width=0.25, init="identity"))

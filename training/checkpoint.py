@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from dataloader import normalize
-from models import MODELS, STEM_INPUT_SIZES, build_model
+from models import MODELS, STEM_INPUT_SIZES, build_model, upgrade_state_dict
 from training.precision import AMP_CHOICES, autocast, resolve_amp
 from utils import UnsafeFile, UserError, atomic_write, load_torch_file, one_line
 
@@ -199,6 +199,8 @@ def model_from_checkpoint(checkpoint: dict, path: Path, weights: str | None = No
     try:
         with torch.device("meta"):
             skeleton = build_model(spec["name"], **spec["kwargs"])
+        # A checkpoint written before the layers had today's names, renamed as loading does.
+        state_dict = upgrade_state_dict(skeleton, state_dict)
         expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in state_dict.items()}
         if expected != found:

@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--preset", default="seed", choices=PRESETS, help="a named recipe; flags override it")
     add("--data", default="data/cifar10", help="folder made by data/download_data.py")
+    # The flag of runs before the augmentation table, refused by name (argparse would
+    # otherwise take it for an abbreviation of --cutout-size).
+    add("--cutout", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     model = parser.add_argument_group("model").add_argument
     model("--model", default="fishnet99", choices=model_names(), help="the network")
     model("--width", type=model_width, default=1.0, help="channel multiplier (multiple of 1/16)")
@@ -302,6 +305,11 @@ def parse_args(
     preset = parser.parse_known_args(argv)[0].preset
     parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args(argv)
+    if "cutout" in args:
+        parser.error(
+            f"--cutout {args.cutout}: give --augment NAME cutout --cutout-size N instead "
+            "(--cutout 0: leave cutout out of --augment)"
+        )
     if args.nesterov and (args.optimizer != "sgd" or args.momentum == 0):
         parser.error("--nesterov needs --optimizer sgd and a non-zero --momentum")
     if args.warmup_epochs is not None and args.warmup_epochs >= args.epochs:
@@ -370,7 +378,8 @@ def upgrade_saved_args(saved: dict) -> dict:
         return saved
     upgraded = {key: value for key, value in saved.items() if key != "cutout"}
     cutout_size = saved.get("cutout", 0)
-    upgraded["augment"] = [saved["augment"], *(["cutout"] if cutout_size else [])]
+    before = [] if saved["augment"] == "none" and cutout_size else [saved["augment"]]
+    upgraded["augment"] = [*before, *(["cutout"] if cutout_size else [])]
     upgraded["cutout_size"] = cutout_size or None
     return upgraded
 
@@ -389,6 +398,14 @@ def resume_mismatches(saved: dict, args: argparse.Namespace) -> list[str]:
         f for f in run_defining_fields(parser) if not (f == "epochs" and args.schedule == "step")
     ]
     # A step schedule does not depend on the run's length, so such a run may be extended.
+    # An augmentation's parameter is named only where both runs use the augmentation.
+    augment = saved.get("augment", defaults.augment), args.augment
+    fields = [
+        key
+        for key in fields
+        if key not in AUGMENT_PARAMETERS
+        or all(AUGMENT_PARAMETERS[key][0] in names for names in augment)
+    ]
     return [
         f"{_flag(key)} {_shown(saved.get(key, getattr(defaults, key)))} "
         f"(now {_shown(getattr(args, key))})"
