@@ -79,7 +79,7 @@ def test_switches_change_the_parameter_count_as_designed():
     assert count_parameters(meta_fishnet(bridge="none")) == n - bridge
     plain = count_parameters(residual_units(512, 512, num_units=2))  # FishNet-99's bridge units
     assert count_parameters(meta_fishnet(bridge="plain")) == n - bridge + plain
-    # The totals the README's table of switches gives.
+    # The totals the table of switches in docs/ablations.md gives.
     for switch, total in (
         ({"upsample": "deconv"}, 17_485_322),
         ({"body_shortcut": "conv"}, 16_011_018),
