@@ -4,16 +4,23 @@
     backbone = torch.hub.load(REPO, "fishnet99", source="local", features_only=True,
                               out_indices=(5, 6, 7))
     trained = torch.hub.load(REPO, "fishnet99", source="local", checkpoint="runs/x/best.pt")
+    probabilities = trained(trained.preprocess("cat.png")[None]).softmax(dim=1)
 
 Every entry point takes its factory's keyword arguments (num_classes, stem, width, init,
 FishNet's ablation switches, timm's features_only and out_indices) and ``checkpoint``: a
 checkpoint written by train.py, whose model then replaces the factory's (only
-features_only and out_indices may be given with it).
+features_only and out_indices may be given with it). Such a model comes back as predict.py
+uses it: in evaluation mode, with the weights validation scored, ``pretrained_cfg`` (timm's
+keys: input_size, mean, std, interpolation, crop_pct, num_classes, label_names) and
+``preprocess``, which turns an image file or PIL image into its normalised input. Without a
+checkpoint a model is a fresh one, in training mode, as torchvision's are.
 """
 
 import contextlib
 import os
 import sys
+
+import torch
 
 dependencies = ["torch"]
 
@@ -56,14 +63,16 @@ with _repository_imports():
 
 
 def _load_trained(path):
-    """(model name, model with its weights) of a checkpoint written by train.py."""
+    """(model name, model ready to predict) of a checkpoint written by train.py: on the CPU,
+    in evaluation mode, with ``pretrained_cfg`` and ``preprocess``."""
     # Imported on first use: training.checkpoint needs the data packages (numpy, Pillow),
     # which a model without a checkpoint does not.
     with _repository_imports():
-        from training.checkpoint import load_checkpoint, model_from_checkpoint
+        from training.checkpoint import load_checkpoint, load_ready_model
 
     checkpoint = load_checkpoint(path)
-    return checkpoint["model"]["name"], model_from_checkpoint(checkpoint, path)
+    ready = load_ready_model(path, torch.device("cpu"), amp="off", checkpoint=checkpoint)
+    return checkpoint["model"]["name"], ready.model
 
 
 def _entry(name, checkpoint, features_only, out_indices, kwargs):
@@ -76,7 +85,9 @@ def _entry(name, checkpoint, features_only, out_indices, kwargs):
     trained_name, model = _load_trained(checkpoint)
     if trained_name != name:
         raise ValueError(f"{checkpoint} holds a {trained_name}, not a {name}")
-    return _as_backbone(model, features_only, out_indices)
+    backbone = _as_backbone(model, features_only, out_indices).eval()
+    backbone.pretrained_cfg, backbone.preprocess = model.pretrained_cfg, model.preprocess
+    return backbone
 
 
 def _entry_point(name, factory):

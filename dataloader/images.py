@@ -122,6 +122,24 @@ def resize_and_centre_crop(rgb: Image.Image, size: int) -> Image.Image:
     return rgb.crop((left, top, left + size, top + size))
 
 
+def preparation(size: int) -> dict:
+    """How :func:`square_pixels` prepares an image for a model of input ``size``, in the
+    terms of timm's ``pretrained_cfg``: the resampling and the fraction of the resized image
+    that the centre crop keeps."""
+    if size == IMAGE_SIZE:
+        return {"interpolation": "bicubic", "crop_pct": 1.0}
+    return {"interpolation": "bilinear", "crop_pct": IMAGENET_CROP_FRACTION}
+
+
+def image_tensor(image: Image.Image, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """An opened image as the uint8 RGB [3, size, size] tensor of :func:`square_pixels`."""
+    # torch is imported here, the one place it is needed: data/download_data.py uses the rest
+    # of this module and starts about 2 s sooner without it.
+    import torch
+
+    return torch.from_numpy(square_pixels(image, size)).permute(2, 0, 1).contiguous()
+
+
 def read_image_file(path: Path, size: int = IMAGE_SIZE) -> torch.Tensor:
     """An image file of any format PIL reads, any size and mode, as uint8 RGB
     [3, size, size], prepared for a model of that input size (:func:`square_pixels`).
@@ -135,7 +153,7 @@ def read_image_file(path: Path, size: int = IMAGE_SIZE) -> torch.Tensor:
         raise ImageError(f"{path}: not a regular file")
     try:
         with Image.open(path) as opened:
-            pixels = square_pixels(opened, size)
+            return image_tensor(opened, size)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except ImageError as error:
@@ -143,8 +161,3 @@ def read_image_file(path: Path, size: int = IMAGE_SIZE) -> torch.Tensor:
     except Exception as error:
         # PIL's decoders report damaged or foreign files with many kinds of exception.
         raise ImageError(f"{path}: not a readable image ({one_line(error)})") from None
-    # torch is imported here, the one place it is needed: data/download_data.py uses the rest
-    # of this module and starts about 2 s sooner without it.
-    import torch
-
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()

@@ -1,11 +1,15 @@
 """hubconf.py: every registered model through torch.hub, as a user outside the repo loads it."""
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from models import MODELS, build_model, model_names
 
@@ -131,3 +135,56 @@ def test_keeps_the_users_own_modules(tmp_path, order):
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def readme_snippet() -> str:
+    """The README's code from an image file to class probabilities."""
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    [snippet] = [block for block in blocks if "model.preprocess(" in block]
+    return snippet
+
+
+def test_the_readmes_image_to_probabilities_snippet_gives_what_predict_gives(tmp_path):
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "best.pt"
+    save_trained("fishnet99", checkpoint, width=0.25)
+    rng = np.random.default_rng(0)
+    # A CIFAR-sized image keeps its pixels; a larger RGBA one is converted and resized.
+    images = {"horse.png": (32, 32, "RGB"), "tall.png": (45, 60, "RGBA")}
+    for name, (width, height, mode) in images.items():
+        pixels = rng.integers(0, 256, (height, width, len(mode)), dtype=np.uint8)
+        Image.fromarray(pixels, mode).save(tmp_path / name)
+    predicted = subprocess.run(
+        [sys.executable, str(REPO / "predict.py"), str(checkpoint), *images, "--json",
+         "--top-k", "10", "--device", "cpu"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    expected = {
+        entry["image"]: {top["class"]: top["probability"] for top in entry["top"]}
+        for entry in json.loads(predicted.stdout)
+    }
+    for name in images:
+        snippet = (
+            readme_snippet()
+            .replace("path/to/clone", str(REPO))
+            .replace("runs/fishnet99-cpu/best.pt", str(checkpoint))
+            .replace("horse.png", str(tmp_path / name))
+            .replace("print(", "shown = (")
+        )
+        namespace = {}
+        exec(snippet, namespace)
+        model = namespace["model"]
+        assert not model.training and model.pretrained_cfg["input_size"] == (3, 32, 32)
+        shown = namespace["shown"]
+        assert list(shown) == [f"class {i}" for i in range(10)]
+        for name_of_class, probability in shown.items():
+            assert probability == pytest.approx(expected[name][name_of_class], abs=1e-5)
+    assert model.preprocess(Image.open(tmp_path / "tall.png")).equal(
+        model.preprocess(tmp_path / "tall.png")
+    )
+
+
+def test_a_model_without_a_checkpoint_is_a_fresh_one_in_training_mode():
+    model = hub_load("fishnet99", width=0.25)
+    assert model.training and not hasattr(model, "pretrained_cfg")

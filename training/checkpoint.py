@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from dataloader import normalize
+from dataloader.images import image_tensor, preparation, read_image_file
 from models import MODELS, STEM_INPUT_SIZES, build_model, upgrade_state_dict
 from training.precision import AMP_CHOICES, autocast, resolve_amp
 from utils import UnsafeFile, UserError, atomic_write, load_torch_file, one_line
@@ -54,8 +56,8 @@ def refuse_existing_run(folder: Path) -> None:
     kept = checkpoints_in(folder)
     if kept:
         raise UserError(
-            f"{folder} already holds a run ({', '.join(kept)}); pass --resume to continue it, "
-            "--overwrite to replace it, or another --out"
+            f"{folder} already holds a run ({', '.join(kept)}); give another --out for a new "
+            "run, --resume to continue this one, or --overwrite to replace it"
         )
 
 
@@ -223,6 +225,42 @@ def model_from_checkpoint(checkpoint: dict, path: Path, weights: str | None = No
     return model
 
 
+def pretrained_cfg(checkpoint: dict) -> dict:
+    """What the checkpoint's model needs to be given images, under the keys of timm's
+    ``pretrained_cfg``: the input size, the mean and std of [0, 1] pixels, how images are
+    resized and cropped to it, and the class names."""
+    size = STEM_INPUT_SIZES[checkpoint["model"]["kwargs"].get("stem", "cifar")]
+    statistics = checkpoint["normalization"]
+    return {
+        "input_size": (3, size, size),
+        "mean": tuple(statistics["mean"]),
+        "std": tuple(statistics["std"]),
+        **preparation(size),
+        "num_classes": len(checkpoint["classes"]),
+        "label_names": tuple(checkpoint["classes"]),
+    }
+
+
+class Preprocess:
+    """An image file (or an opened PIL image) as a model's normalised float input
+    [3, size, size]: the pixels predict.py reads (:func:`dataloader.images.square_pixels`),
+    normalised with the training split's statistics."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.size = cfg["input_size"][-1]
+        self.mean, self.std = cfg["mean"], cfg["std"]
+
+    def __call__(self, image: str | Path | Image.Image) -> Tensor:
+        if isinstance(image, Image.Image):
+            pixels = image_tensor(image, self.size)
+        else:
+            pixels = read_image_file(Path(image), self.size)
+        return normalize(pixels[None], self.mean, self.std)[0]
+
+    def __repr__(self) -> str:
+        return f"Preprocess(size={self.size}, mean={self.mean}, std={self.std})"
+
+
 @dataclass
 class ReadyModel:
     """A checkpoint's model on a device, in evaluation mode, with the numerics of its
@@ -245,8 +283,8 @@ class ReadyModel:
     @property
     def input_size(self) -> int:
         """The side of the square images the model takes, its stem's
-        (:data:`models.STEM_INPUT_SIZES`); the factories' default stem is CIFAR's."""
-        return STEM_INPUT_SIZES[self.checkpoint["model"]["kwargs"].get("stem", "cifar")]
+        (:data:`models.STEM_INPUT_SIZES`)."""
+        return self.model.pretrained_cfg["input_size"][-1]
 
     def inputs(self, images: Tensor) -> Tensor:
         """uint8 [B, 3, H, W] images as the model's normalised float input."""
@@ -278,10 +316,15 @@ def load_ready_model(
 
     The weights are the moving average where the run kept one. The precision is the run's
     on CUDA and fp32 on a CPU, unless ``amp`` says otherwise; the memory format is the run's.
+    The model is in evaluation mode and carries what it takes to be given images of one's
+    own: ``model.pretrained_cfg`` (:func:`pretrained_cfg`) and ``model.preprocess``
+    (:class:`Preprocess`).
     """
     checkpoint = checkpoint if checkpoint is not None else load_checkpoint(path)
     trained = checkpoint["args"]
     model = model_from_checkpoint(checkpoint, path).to(device).eval()
+    model.pretrained_cfg = pretrained_cfg(checkpoint)
+    model.preprocess = Preprocess(model.pretrained_cfg)
     channels_last = bool(trained.get("channels_last", False))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
