@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: top-1 and top-5 per split, per-class accuracy, confusion matrices.
 
-python eval.py runs/fishnet99/best.pt                       # valid and test
-python eval.py runs/fishnet99/best.pt --split train valid test --json
+python eval.py runs/fishnet99-seed/best.pt                       # valid and test
+python eval.py runs/fishnet99-seed/best.pt --split train valid test --json
 """
 
 import argparse

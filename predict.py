@@ -1,7 +1,7 @@
 """Classify your own images with a trained checkpoint: the top-5 classes of every image.
 
-    python predict.py runs/fishnet99/best.pt cat.jpg photos/
-    python predict.py runs/fishnet99/best.pt photos/ --json
+    python predict.py runs/fishnet99-seed/best.pt cat.jpg photos/
+    python predict.py runs/fishnet99-seed/best.pt photos/ --json
 
 Any image PIL reads (PNG, JPEG, ...; any size and mode) is converted to RGB, brought to the
 checkpoint's input size (32x32 for CIFAR: shorter side to 32, then the centre, as

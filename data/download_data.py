@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataloader.images import IMAGE_SUFFIXES, ImageError, ImageSizeError, cifar_pixels
 from dataloader.manifests import (
     CLASSES_FILE,
+    DATA_ROOT,
     MAX_JSON_BYTES,
     SPLITS,
     DataError,
@@ -696,7 +697,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path(__file__).resolve().parent,
+        default=DATA_ROOT,
         help="folder that receives the dataset folder cifar10/ or cifar100/ "
         "(default: this script's folder)",
     )

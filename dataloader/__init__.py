@@ -9,6 +9,7 @@ manifests only, starts without torch (about 2 s).
 import importlib
 
 from dataloader.manifests import (
+    DEFAULT_DATA,
     SPLITS,
     DataError,
     manifest_path,
@@ -33,6 +34,7 @@ _LAZY_NAMES = {
 }
 
 __all__ = [
+    "DEFAULT_DATA",
     "SPLITS",
     "DataError",
     "manifest_path",

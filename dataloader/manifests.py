@@ -16,6 +16,10 @@ from pathlib import Path, PurePosixPath
 from utils import UserError, one_line, read_regular_file
 
 SPLITS = ("train", "valid", "test")
+# Where data/download_data.py puts the datasets it prepares, beside the scripts, and so where
+# every command looks for them by default, from whatever folder it is run.
+DATA_ROOT = Path(__file__).resolve().parents[1] / "data"
+DEFAULT_DATA = DATA_ROOT / "cifar10"
 CLASSES_FILE = "classes.json"
 
 # Bounds checked before a file is read, far above what download_data.py writes (a CIFAR-10
@@ -68,7 +72,8 @@ def _read_data_file(path: Path) -> bytes:
         return read_regular_file(path, MAX_JSON_BYTES)
     except FileNotFoundError:
         raise DataError(
-            f"{path}: not found (prepare the data with python data/download_data.py)"
+            f"{Path(path).absolute()}: not found (prepare the data with python "
+            "data/download_data.py)"
         ) from None
     except (OSError, ValueError) as error:
         raise DataError(f"{path}: cannot read ({one_line(error)})") from None

@@ -314,3 +314,10 @@ def test_a_second_run_into_the_same_folder_is_refused(synthetic_cifar10_dir, tmp
     one_line_error(run_script("train.py", *flags), "another run is writing there")
     lock.release()
     assert not (out / "last.pt").exists()
+
+
+def test_data_never_prepared_is_named_by_its_absolute_path(tmp_path):
+    """A relative --data starts at the working folder; the message says where that led."""
+    result = run_script("train.py", "--data", "unprepared", "--device", "cpu", cwd=tmp_path)
+    one_line_error(result, str(tmp_path / "unprepared"), "python data/download_data.py")
+    assert list(tmp_path.iterdir()) == []

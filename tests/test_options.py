@@ -2,14 +2,21 @@
 added later is compared on --resume with nothing else to edit."""
 
 import argparse
+from pathlib import Path
+
+import pytest
 
 from training.options import (
+    PRESETS,
     RUN_DEFINING_GROUPS,
     build_parser,
+    changed_from_preset,
     parse_args,
     resume_mismatches,
     run_defining_fields,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_run_defining_fields_are_the_model_switch_and_recipe_flags():
@@ -48,3 +55,41 @@ def test_resume_still_names_a_changed_model_flag():
     assert resume_mismatches(saved, parse_args(["--init", "identity"])) == [
         "--init authors (now identity)"
     ]
+
+
+def test_each_preset_has_its_own_default_folder():
+    folders = {parse_args(["--preset", preset]).out for preset in PRESETS}
+    assert len(folders) == len(PRESETS)
+    assert parse_args(["--preset", "cpu"]).out == "runs/fishnet99-cpu"
+    assert parse_args(["--preset", "cpu", "--model", "resnet50"]).out == "runs/resnet50-cpu"
+    assert parse_args(["--preset", "cpu", "--out", "mine"]).out == "mine"
+
+
+@pytest.mark.parametrize("preset", ["cpu", "fast"])
+def test_help_shows_the_chosen_presets_values_as_defaults(preset, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--preset", preset, "--help"])
+    assert stopped.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"epochs (default: {PRESETS[preset]['epochs']})" in shown
+    assert f"images per step and process (default: {PRESETS[preset]['batch_size']})" in shown
+
+
+def test_a_wrong_preset_is_refused_before_help(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--preset", "gpu", "--help"])
+    assert stopped.value.code == 2 and "invalid choice: 'gpu'" in capsys.readouterr().err
+
+
+def test_the_default_data_folder_is_the_one_download_data_writes_from_any_folder(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    assert Path(parse_args([]).data) == REPO / "data" / "cifar10"
+    assert Path(parse_args(["--data", "mine"]).data) == Path("mine")  # the working folder's
+
+
+def test_changed_from_preset_names_the_flags_a_run_sets_otherwise():
+    args = parse_args(["--preset", "cpu", "--epochs", "4", "--no-nesterov", "--width", "0.5"])
+    assert changed_from_preset(args, leave_out=("width",)) == ["--epochs", "4", "--no-nesterov"]
+    assert changed_from_preset(parse_args(["--preset", "fast"])) == []

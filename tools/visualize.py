@@ -1,6 +1,6 @@
 """See the fish: the mean activation of every stage of a trained model, at its own resolution.
 
-    python -m tools.visualize runs/fishnet99/best.pt cat.png [--out fish.png]
+    python -m tools.visualize runs/fishnet99-seed/best.pt cat.png [--out fish.png]
 
 One panel for the input and one for each map of ``forward_features`` (stem, tail, bridge,
 body, head), each drawn at a size proportional to its resolution, so the row traces the

@@ -4,6 +4,7 @@ adapters that turn the flags into the training library's keywords."""
 import argparse
 
 from dataloader.augment import AUGMENTATIONS, Parameter, check_order, parameter_key
+from dataloader.manifests import DEFAULT_DATA
 from models import INITS, SWITCHES, check_width, model_names, switch_kwargs
 from training.cli import (
     HelpFormatter,
@@ -21,14 +22,15 @@ from utils import UserError
 
 # The recipes, airbench-style: every hyperparameter a preset sets, with its unit, beside
 # it. A preset replaces the defaults; flags given on the command line win. The evidence
-# (accuracy, runs, hardware) is in the README's "Recipes" table, made by bench.py report.
+# (accuracy, runs, hardware) is in docs/recipes.md's presets table; bench.py report makes
+# the results table.
 #
 # seed:     the seeds' recipe (85.06 % test top-1 reported by them, RTX 2080 Ti).
 # fast:     untuned on a GPU: the H100 run of 2026-11-23 (CIFAR-10, JPEG q75 copy) reached
 #           84.54 % test top-1 in 12 epochs (102.6 s) before the identity init, the
 #           norm/bias exemption and the moving average were added.
 # accuracy: untuned; the same H100 run reached 90.99 % in 60 epochs (425 s).
-# cpu:      measured on a 2-core CPU (README, "Recipes").
+# cpu:      measured on a 2-core CPU (docs/recipes.md).
 FAST = {
     "epochs": 12,  # epochs
     "batch_size": 512,  # images per step and process
@@ -41,6 +43,7 @@ FAST = {
     "init": "identity",  # unit branches and classifier start at zero: loss ln(10) at step 0
     "ema": 0.99,  # moving-average decay per step (about 100 steps of memory)
 }
+DEFAULT_PRESET = "seed"
 PRESETS = {
     "seed": {},
     "fast": FAST,
@@ -121,8 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     add = parser.add_argument
-    add("--preset", default="seed", choices=PRESETS, help="a named recipe; flags override it")
-    add("--data", default="data/cifar10", help="folder made by data/download_data.py")
+    add(
+        "--preset",
+        default=DEFAULT_PRESET,
+        choices=PRESETS,
+        help="a named recipe; flags override it, and --help shows its values as the defaults",
+    )
+    add(
+        "--data",
+        default=str(DEFAULT_DATA),
+        help="folder made by data/download_data.py (a relative path starts at the working folder)",
+    )
     # The flag of runs before the augmentation table, refused by name (argparse would
     # otherwise take it for an abbreviation of --cutout-size).
     add("--cutout", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -130,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     model("--model", default="fishnet99", choices=model_names(), help="the network")
     model("--width", type=model_width, default=1.0, help="channel multiplier (multiple of 1/16)")
     model("--init", default=INITS[0], choices=INITS, help="weight initialisation")
-    # FishNet's ablation switches (README, "Ablations"): each default is the paper's choice.
+    # FishNet's ablation switches (docs/ablations.md): each default is the paper's choice.
     switch = parser.add_argument_group("FishNet ablation switches").add_argument
     switch(
         "--downsample",
@@ -222,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "after every epoch; best.pt is then the last epoch",
     )
     run = parser.add_argument_group("run").add_argument
-    run("--out", default=None, help="output folder (none given: runs/MODEL)")
+    run("--out", default=None, help="output folder (none given: runs/MODEL-PRESET)")
     existing_run = parser.add_mutually_exclusive_group()
     existing_run.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last.pt"
@@ -302,7 +314,8 @@ def parse_args(
             )
 
         parser.error = refuse
-    preset = parser.parse_known_args(argv)[0].preset
+    preset = _preset_parser(parser).parse_known_args(argv)[0].preset
+    # Set before parsing, so that --help shows the preset's values as the defaults.
     parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args(argv)
     if "cutout" in args:
@@ -328,8 +341,24 @@ def parse_args(
     except ValueError as error:
         parser.error(str(error))
     if args.out is None:
-        args.out = f"runs/{args.model}"
+        args.out = default_out(args.model, args.preset)
     return args
+
+
+def default_out(model: str, preset: str) -> str:
+    """The run folder when --out is not given: named after the recipe as well as the model,
+    so that two presets (the Quick start's cpu then fast) never meet in one folder."""
+    return f"runs/{model}-{preset}"
+
+
+def _preset_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """A parser of --preset alone, with ``parser``'s messages (a wrong preset is reported as
+    train.py's, or as the passing program's): it reads the preset before --help is acted
+    on."""
+    preset = argparse.ArgumentParser(prog=parser.prog, add_help=False)
+    preset.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS)
+    preset.error = parser.error
+    return preset
 
 
 def optimizer_kwargs(args: argparse.Namespace) -> dict:
@@ -387,6 +416,22 @@ def upgrade_saved_args(saved: dict) -> dict:
 def _shown(value: object) -> str:
     """A flag's value as it is written on the command line (lists: space-separated)."""
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def changed_from_preset(args: argparse.Namespace, leave_out: tuple[str, ...] = ()) -> list[str]:
+    """The run-defining flags (but ``leave_out``) that ``args`` sets otherwise than its
+    preset, as command-line words: ["--epochs", "4"]."""
+    preset = parse_args(["--preset", args.preset])
+    words = []
+    for key in run_defining_fields():
+        value = getattr(args, key)
+        if key in leave_out or value == getattr(preset, key):
+            continue
+        if isinstance(value, bool):
+            words.append(_flag(key) if value else _flag(key).replace("--", "--no-", 1))
+        else:
+            words.extend([_flag(key), _shown(value)])
+    return words
 
 
 def resume_mismatches(saved: dict, args: argparse.Namespace) -> list[str]:
