@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dataloader import (
+    DEFAULT_DATA,
     SPLITS,
     DeviceLoader,
     ManifestDataset,
@@ -65,6 +66,7 @@ from training.cli import (
 )
 from training.distributed import (
     all_reduce_sum,
+    device_name,
     distribute,
     init_distributed,
     is_main_process,
@@ -79,7 +81,6 @@ from training.options import parse_args as parse_train_args
 from training.precision import AMP_CHOICES, resolve_amp
 from utils import UserError, atomic_write, markdown_table, synchronize, write_text
 
-DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "cifar10"
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 FIGURES = ("acc.png", "loss.png")  # a run's curves, which bench.py report copies
 # Bounds of the flags whose larger values would hang or exhaust the machine.
@@ -211,7 +212,7 @@ def bench_train(args: argparse.Namespace) -> None:
     reference = fresh_model(False)
     flops_per_image = 6 * count_macs(reference, 32)  # forward 2 per MAC, backward 4
     peak = peak_tflops(device, args.peak_tflops)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    name = device_name(device)
     log(
         f"{args.model} (width {args.width}), batch {args.batch_size} per process, "
         f"{world_size} process(es) on {device.type} ({name}), "
@@ -788,7 +789,7 @@ def report_text(
 
 def bench_gpu_report(args: argparse.Namespace) -> None:
     """Measures this machine in four stages and writes OUT/report.md and the programs' logs;
-    see the README's "Speed"."""
+    see docs/speed.md."""
     out = args.out
     check_report_folder(out, args.overwrite)
     device = resolve_device(args.device)

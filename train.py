@@ -1,8 +1,8 @@
 """Train FishNet (or the ResNet baseline) on CIFAR-10.
 
-    python train.py                                     # the seed recipe: FishNet-99, 100 epochs
-    python train.py --preset fast                       # 12 epochs at batch 512
-    python train.py --out runs/fishnet99 --resume       # continue a stopped run
+    python train.py                         # the seed recipe, 100 epochs: runs/fishnet99-seed
+    python train.py --preset fast           # 12 epochs at batch 512: runs/fishnet99-fast
+    python train.py --preset fast --resume  # continue a stopped run
 
 The defaults are the recipe of the implementations this repository started from:
 batch 256, SGD with lr 0.1, momentum 0.9, weight decay 1e-4, lr divided by 10 every
@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dataloader import DeviceLoader, channel_stats, load_split, manifest_sha256, read_classes
-from models import build_model, switch_kwargs
+from models import build_model, count_macs, switch_kwargs
 from training.checkpoint import (
     CHECKPOINT_FILES,
     load_checkpoint,
@@ -34,6 +34,7 @@ from training.checkpoint import (
 )
 from training.cli import rerun_command, run_cli
 from training.distributed import (
+    device_name,
     distribute,
     init_distributed,
     log,
@@ -62,6 +63,8 @@ from training.metrics import (
 from training.optim import make_optimizer, make_scheduler
 from training.options import (
     DEFAULT_EVAL_BATCH_SIZE,
+    changed_from_preset,
+    default_out,
     optimizer_kwargs,
     parse_args,
     resume_mismatches,
@@ -112,6 +115,9 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
         run.restore(checkpoint, out / "last.pt", data, rank, world_size)
     state = run.state
     log(data.describe(args, device, world_size) + "\n" + run.compile_note)
+    if device.type == "cpu":
+        images_left = data.train.num_samples * world_size * (args.epochs - state.epoch)
+        warn_if_long_on_cpu(args, run.model, images_left)
     stop = StopRequest()
     stop.install()
     clock = EpochClock(epochs_left=args.epochs - state.epoch)
@@ -137,7 +143,7 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
                 run.save_unsaved(out)
             raise
         started = time.perf_counter()
-        row = {"epoch": epoch + 1, "lr": progress.lr, **progress.summary()}
+        row = {"epoch": epoch + 1, "lr_start": progress.lr, **progress.summary()}
         try:
             for split, loader in data.monitored.items():
                 scores = evaluate(
@@ -537,8 +543,7 @@ class Run:
                 self.unsaved = copy.deepcopy(checkpoint)
                 if is_best:
                     self.pending_best = self.unsaved
-            args = self.args
-            title = f"{args.model} (width {args.width}), {out.name}"
+            title = run_title(self.args, out, self.step.device)
             try:
                 write_history(state.history, out, title)
             except OSError as error:
@@ -589,15 +594,62 @@ class Run:
         return "no epoch scored"
 
 
+# Training multiply-accumulates per second (forward and backward, three times the forward's)
+# of a full-width FishNet-99 on the 2-core development CPU, fp32, batch 32 to 512: 20 G when
+# the machine was quiet, 6-10 G while other jobs ran. A run whose estimate at this rate is
+# longer than CPU_WARNING_SECONDS is warned about before it starts.
+CPU_TRAINING_MACS_PER_SECOND = 20e9
+CPU_WARNING_SECONDS = 3600
+
+
+def warn_if_long_on_cpu(args: argparse.Namespace, model: nn.Module, images: int) -> None:
+    """A warning before a run sized for a GPU (the fast, accuracy and seed presets) starts on
+    a CPU, with an estimate of its length; it goes on, since the user may mean it."""
+    seconds = 3 * count_macs(model, 32) * images / CPU_TRAINING_MACS_PER_SECOND
+    if seconds > CPU_WARNING_SECONDS:
+        log(
+            f"warning: --preset {args.preset} with these flags trains {images:,} images on a "
+            f"CPU: {describe_duration(seconds)} at the {CPU_TRAINING_MACS_PER_SECOND / 1e9:.0f} "
+            "G multiply-accumulates per second of a 2-core CPU (the estimate after the first "
+            "steps says how long here); --preset cpu learns in minutes, a CUDA GPU runs this "
+            "recipe in minutes"
+        )
+
+
+def run_title(args: argparse.Namespace, out: Path, device: torch.device) -> str:
+    """The plots' title: the model (its width where not 1), the recipe, the hardware, and the
+    run folder where it is not the recipe's default one."""
+    width = f", width {args.width:g}" if args.width != 1 else ""
+    recipe = " ".join(["--preset", args.preset, *changed_from_preset(args, ("model", "width"))])
+    folder = "" if args.out == default_out(args.model, args.preset) else f", {out.name}"
+    return f"{args.model}{width}, {recipe}, {device_name(device)}{folder}"
+
+
 def describe_epoch(row: dict, epochs: int, is_best: bool) -> str:
+    """The epoch's line: its learning rate at its first step, every metric of every scored
+    split, its speed and times, and the time the epochs left would take at its pace."""
     splits = [s for s in ("train", "valid", "test") if f"{s}_{HEADLINE}" in row]
     scores = "  ".join(describe_scores(row, split) for split in splits)
+    epochs_left = epochs - row["epoch"]
+    per_epoch = row["epoch_time"] - row["startup_time"] + row["eval_time"]
+    left = f"  {describe_duration(per_epoch * epochs_left)} left" if epochs_left else ""
     return (
-        f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  {scores}  "
+        f"epoch {row['epoch']}/{epochs}  start lr {row['lr_start']:.4g}  {scores}  "
         f"{row['images_per_sec']:.0f} img/s  train {row['epoch_time']:.1f} s "
         f"(start-up {row['startup_time']:.1f} s) + eval {row['eval_time']:.1f} s"
         + ("  (best)" if is_best else "")
+        + left
     )
+
+
+def describe_duration(seconds: float) -> str:
+    """About how long, in the unit a reader wants: "about 40 s", "about 12 min", "about
+    3.5 h"."""
+    if seconds < 90:
+        return f"about {seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} h"
 
 
 if __name__ == "__main__":

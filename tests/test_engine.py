@@ -100,6 +100,15 @@ def test_state_round_trip_restores_every_part():
     assert state2.scheduler.state_dict() == state.scheduler.state_dict()
 
 
+def test_history_rows_of_before_name_the_learning_rate_for_when_it_is_read():
+    _, _, loader, step, scheduler, state = tiny_run()
+    run_epoch(loader, step, scheduler, 0)
+    state.history, state.epoch = [{"epoch": 1, "lr": 0.1, "elapsed": 3.5}], 1
+    resumed = tiny_run()[-1]
+    resumed.load_state_dict(state.state_dict())
+    assert resumed.history == [{"epoch": 1, "lr_start": 0.1, "elapsed": 3.5}]
+
+
 def _stopped_in_epoch_two(state: dict, step: int = 1, epoch: int = 1, samples: int = 32) -> dict:
     return {
         "loaders": [{"epoch": epoch, "step": step, "augment_rng": None}],

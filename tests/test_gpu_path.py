@@ -240,8 +240,25 @@ def test_the_first_epoch_says_what_compilation_did(capsys):
     train_one_epoch(step, loader, scheduler, progress, StopRequest(), epoch=0,
                     clock=EpochClock(epochs_left=1))  # fmt: skip
     printed = capsys.readouterr().out
-    assert "start-up: the first 3 steps" in printed
+    assert "start-up: the first 3 steps" in printed and "(compilation happens there)" in printed
     assert "compile: 1 graph(s) compiled, 0 graph break(s), 0 recompilation(s)" in printed
+
+
+def test_after_a_resume_in_mid_epoch_the_estimate_counts_the_steps_left(capsys):
+    """16 steps an epoch, resumed at step 4 of the first of 2 epochs left: the estimate,
+    after 3 start-up and 5 timed steps (at step 12), counts the 4 left of this epoch and
+    the next epoch's 16."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3072, 10))
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                     nn.CrossEntropyLoss(), CPU, "off")  # fmt: skip
+    loader = random_loader(64, 4)
+    loader.load_state_dict({"epoch": 0, "step": 4, "augment_rng": None})
+    scheduler = torch.optim.lr_scheduler.LambdaLR(step.optimizer, lambda _: 1.0)
+    train_one_epoch(step, loader, scheduler, EpochProgress.start(0.1, CPU), StopRequest(),
+                    epoch=0, clock=EpochClock(epochs_left=2))  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "(not compiled: only memory allocation and caches warm up there)" in printed
+    assert "of training for the 20 steps left (2 epochs)" in printed
 
 
 @pytest.mark.parametrize(

@@ -194,12 +194,50 @@ def test_eval_refuses_data_the_run_was_not_scored_on(synthetic_cifar10_dir, tmp_
 def test_the_epoch_line_reads_every_metric_of_the_row():
     from train import describe_epoch
 
-    row = {"epoch": 2, "lr": 0.05, "train_loss": 2.1, "train_top1": 20.0, "train_top5": 60.0,
-           "valid_loss": 2.3456, "valid_top1": 18.0, "valid_top5": 55.125,
+    row = {"epoch": 2, "lr_start": 0.05, "train_loss": 2.1, "train_top1": 20.0,
+           "train_top5": 60.0, "valid_loss": 2.3456, "valid_top1": 18.0, "valid_top5": 55.125,
            "valid_flip_top1": 19.5, "valid_flip_top5": 56.0, "images_per_sec": 1234.4,
            "epoch_time": 5.04, "startup_time": 1.0, "eval_time": 0.25}  # fmt: skip
-    assert describe_epoch(row, 3, is_best=True) == (
-        "epoch 2/3  lr 0.05  train loss 2.100 top-1 20.00 top-5 60.00  valid loss 2.346 "
+    # The time left: 2 more epochs at the pace of this one without its start-up.
+    assert describe_epoch(row, 4, is_best=True) == (
+        "epoch 2/4  start lr 0.05  train loss 2.100 top-1 20.00 top-5 60.00  valid loss 2.346 "
         "top-1 18.00 top-5 55.12 (flip 19.50)  1234 img/s  train 5.0 s (start-up 1.0 s) + "
-        "eval 0.2 s  (best)"
+        "eval 0.2 s  (best)  about 9 s left"
     )
+    assert describe_epoch({**row, "epoch": 4}, 4, is_best=False).endswith("eval 0.2 s")
+    many = describe_epoch({**row, "epoch_time": 601.0}, 100, is_best=False)
+    assert many.endswith("about 16.3 h left")  # 98 epochs of 600.25 s
+
+
+def test_a_gpu_recipe_on_a_cpu_is_warned_about_with_its_length(capsys):
+    from models import build_model
+    from train import warn_if_long_on_cpu
+    from training.options import parse_args
+
+    with torch.device("meta"):
+        fishnet99, quarter = build_model("fishnet99"), build_model("fishnet99", width=0.25)
+    warn_if_long_on_cpu(parse_args(["--preset", "fast"]), fishnet99, 12 * 39_936)
+    # 3 x 1,304 M multiply-accumulates for each of 479,232 images at 20 G per second.
+    assert "warning: --preset fast with these flags trains 479,232 images on a CPU: about " \
+           "26.0 h" in capsys.readouterr().out  # fmt: skip
+    warn_if_long_on_cpu(parse_args(["--preset", "cpu"]), quarter, 2 * 9_984)
+    assert capsys.readouterr().out == ""
+
+
+def test_the_plots_are_titled_with_model_recipe_hardware_and_a_folder_of_ones_own():
+    from pathlib import Path
+
+    from train import run_title
+    from training.distributed import device_name
+    from training.options import parse_args
+
+    cpu = torch.device("cpu")
+    args = parse_args(["--preset", "cpu"])
+    assert run_title(args, Path(args.out), cpu) == (
+        f"fishnet99, width 0.25, --preset cpu, {device_name(cpu)}"
+    )
+    args = parse_args(["--preset", "fast", "--epochs", "3", "--out", "runs/short"])
+    assert run_title(args, Path(args.out), cpu) == (
+        f"fishnet99, --preset fast --epochs 3, {device_name(cpu)}, short"
+    )
+    assert device_name(cpu).endswith("-core CPU")

@@ -33,6 +33,15 @@ DEFAULT_TIMEOUT_SECONDS = 600  # NCCL's own default for a collective
 MAX_PROCESSES = 1 << 16
 
 
+def device_name(device: torch.device) -> str:
+    """The hardware a device is, as results tables and plot titles name it: the GPU's name,
+    or the CPU with the cores this process may use."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return f"{len(usable) if usable else os.cpu_count()}-core CPU"
+
+
 def _launch_settings() -> tuple[int, int, int]:
     """(local rank, rank, world size) from torchrun's variables, checked: a process started
     by hand with some of them would otherwise fail with a traceback or wait forever."""

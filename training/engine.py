@@ -140,6 +140,17 @@ class TrainStep:
             self.ema.update()
         return loss.detach().float(), sums
 
+    def startup_work(self) -> str:
+        """What the first steps spend their time on, as the start-up line says it."""
+        if self.compiled:
+            cudagraphs = self.compile_mode == "reduce-overhead" and self.device.type == "cuda"
+            if cudagraphs:
+                return "compilation, CUDA-graph capture and autotuning happen there"
+            return "compilation happens there"
+        if self.device.type == "cuda":
+            return "not compiled: cuDNN's choice of kernels and memory allocation happen there"
+        return "not compiled: only memory allocation and caches warm up there"
+
     def report_compilation(self) -> None:
         """Prints what compilation did so far (after the start-up steps)."""
         if self.compile_watch is not None:
@@ -307,7 +318,7 @@ def train_one_epoch(
                 first_nonfinite, torch.where(torch.isfinite(loss), NO_STEP, index)
             )
             if clock is not None:
-                _time_the_run(clock, progress, step, len(loader))
+                _time_the_run(clock, progress, step, len(loader), len(loader) - 1 - index)
             # Ranks decide together, at the same steps, so none waits for the others forever.
             at_check = index % PROGRESS_EVERY == 0 or index == len(loader) - 1
             if at_check or (stop.signal and not dist.is_initialized()):
@@ -336,7 +347,13 @@ def train_one_epoch(
     return progress
 
 
-def _time_the_run(clock: EpochClock, progress: EpochProgress, step: TrainStep, steps: int) -> None:
+def _time_the_run(
+    clock: EpochClock,
+    progress: EpochProgress,
+    step: TrainStep,
+    steps_per_epoch: int,
+    steps_left_in_epoch: int,
+) -> None:
     device = step.device
     clock.steps_done += 1
     if clock.steps_done == STARTUP_STEPS:
@@ -345,20 +362,28 @@ def _time_the_run(clock: EpochClock, progress: EpochProgress, step: TrainStep, s
         progress.startup_seconds = clock.steady_from - clock.started
         log(
             f"start-up: the first {STARTUP_STEPS} steps took {progress.startup_seconds:.1f} s "
-            "(compilation, CUDA-graph capture and autotuning happen there)"
+            f"({step.startup_work()})"
         )
         step.report_compilation()
     elif clock.steps_done == STARTUP_STEPS + ESTIMATE_AFTER:
         synchronize(device)
         per_step = (time.perf_counter() - clock.steady_from) / ESTIMATE_AFTER
-        epoch_minutes = per_step * steps / 60
+        # The steps left of this epoch (the rest of it, after a resume in its middle) and
+        # of the epochs after it.
+        steps_left = steps_left_in_epoch + steps_per_epoch * (clock.epochs_left - 1)
         hint = "; a CUDA GPU is much faster" if device.type == "cpu" else ""
         log(
-            f"estimate: {per_step:.2f} s per step, about {epoch_minutes:.1f} min of training "
-            f"per epoch and {epoch_minutes * clock.epochs_left:.0f} min for the "
-            f"{clock.epochs_left} epoch{'s' * (clock.epochs_left != 1)} left, "
-            f"validation apart{hint}"
+            f"estimate: {per_step:.2f} s per step, about {per_step * steps_left / 60:.1f} min "
+            f"of training for the {steps_left:,} steps left ({clock.epochs_left} "
+            f"epoch{'s' * (clock.epochs_left != 1)}); each epoch's validation comes on top, "
+            f"and every epoch line says the time left with it{hint}"
         )
+
+
+def _upgrade_history_row(row: dict) -> dict:
+    """A history row in today's terms: rows written before the learning rate's column was
+    named for when it is read (the epoch's first step) called it "lr"."""
+    return {("lr_start" if key == "lr" else key): value for key, value in row.items()}
 
 
 class TrainState:
@@ -425,7 +450,8 @@ class TrainState:
             for epoch, row in enumerate(state["history"], start=1)
         ):
             raise TypeError("history must hold one row of numbers per epoch, in order")
-        self.history, self.epoch = state["history"], state["epoch"]
+        self.history = [_upgrade_history_row(row) for row in state["history"]]
+        self.epoch = state["epoch"]
         self.best_valid_top1 = float(state["best_valid_top1"])
         partial = state["partial"]
         if partial is not None:
