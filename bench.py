@@ -296,7 +296,7 @@ def bench_train(args: argparse.Namespace) -> None:
         if world_size > 1:
             line += f" {rate / world_size:>21,.0f}"
         log(line)
-    log(f"start-up: the first {args.warmup} steps (compilation, CUDA-graph capture, autotuning)")
+    log(f"start-up: the first {args.warmup} steps ({step.startup_work()} for ours)")
     if not peak:
         log("peak unknown for this device: pass --peak-tflops to see the fraction")
     log(f"ratio: {ours_rate / seed_rate:.2f}x")
