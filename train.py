@@ -595,9 +595,10 @@ class Run:
 
 
 # Training multiply-accumulates per second (forward and backward, three times the forward's)
-# of a full-width FishNet-99 on the 2-core development CPU, fp32, batch 32 to 512: 20 G when
-# the machine was quiet, 6-10 G while other jobs ran. A run whose estimate at this rate is
-# longer than CPU_WARNING_SECONDS is warned about before it starts.
+# of a full-width FishNet-99 in fp32 on the 2-core development CPU (2026-12-01): 32 G at
+# batch 64 on the quiet machine, 20 G from a step of 512 images that took 100 s, 6-10 G at
+# batch 32 while other jobs ran. A run whose estimate at 20 G is longer than
+# CPU_WARNING_SECONDS is warned about before it starts.
 CPU_TRAINING_MACS_PER_SECOND = 20e9
 CPU_WARNING_SECONDS = 3600
 
