@@ -791,8 +791,14 @@ def bench_gpu_report(args: argparse.Namespace) -> None:
     """Measures this machine in four stages and writes OUT/report.md and the programs' logs;
     see docs/speed.md."""
     out = args.out
-    check_report_folder(out, args.overwrite)
     device = resolve_device(args.device)
+    if device.type != "cuda" and not args.tiny:
+        # Its full-size stages would train --preset fast for a day on a CPU.
+        raise UserError(
+            f"gpu-report: --device {args.device} is {device.type}, not a CUDA GPU; --tiny runs "
+            "its stages at a toy size there, as a check that they work"
+        )
+    check_report_folder(out, args.overwrite)
     budget = Budget(args.budget)
     machine = describe_machine(args.data, device)
     test_images = [path for path, _ in read_manifest(manifest_path(args.data, "test"))]

@@ -103,6 +103,12 @@ def test_an_existing_report_is_refused_before_any_program(tiny_report, monkeypat
     assert (out / "report.md").read_bytes() == before
 
 
+def test_without_a_gpu_only_the_tiny_report_runs(tmp_path):
+    with pytest.raises(UserError, match="--device cpu is cpu, not a CUDA GPU; --tiny runs"):
+        bench.main(["gpu-report", "--device", "cpu", "--out", str(tmp_path / "report")])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_out_that_is_a_file_is_refused_in_one_line(synthetic_cifar10_dir, tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("mine")
