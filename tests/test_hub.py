@@ -113,6 +113,7 @@ assert sys.argv[1] not in sys.path
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["user modules first", "hub first"])
 def test_keeps_the_users_own_modules(tmp_path, order):
     torch.manual_seed(0)
