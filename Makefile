@@ -1,4 +1,5 @@
 # `make train` and `make test` are all a new user needs; each sets up .venv first.
+# `make test-fast` is the quick subset for the edit-test loop; `make test` runs everything.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ BIN := $(VENV)/bin
 SOURCE ?=
 ARGS ?=
 
-.PHONY: venv data train test lint format clean
+.PHONY: venv data train test test-fast lint format clean
 
 venv: $(VENV)/.installed
 
@@ -24,6 +25,10 @@ train: data
 
 test: venv
 	$(BIN)/python -m pytest $(ARGS)
+
+# The tests not marked slow (tests/conftest.py says which are): a couple of minutes on a CPU.
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -13,6 +13,15 @@ Data for tests comes in two sizes:
 
 `run_download_data(*args)` runs data/download_data.py in a subprocess and returns the
 subprocess.CompletedProcess (text stdout and stderr).
+
+`make test-fast` (pytest -m "not slow") is the edit-test loop's subset, about 1.5 minutes on a
+quiet 2-core CPU; `make test` runs everything. Mark a new test `@pytest.mark.slow` (a whole
+file: `pytestmark = pytest.mark.slow`; one case: `pytest.param(..., marks=pytest.mark.slow)`)
+when it takes more than 3 s on such a CPU (`pytest --durations=0`), or when it or a fixture it
+uses starts train.py, eval.py, predict.py, bench.py, ablate.py or another Python that imports
+torch (5-9 s each; data/download_data.py imports no torch, about 1 s a run). Tests marked
+`real_data` are slow without saying so (pytest_collection_modifyitems below): `cifar10_dir`
+alone takes about a minute.
 """
 
 from __future__ import annotations
@@ -154,3 +163,11 @@ def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run_download_data("--source", SHARED_TARBALL, "--out", out)
     assert result.returncode == 0, result.stderr
     return out / "cifar10"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the real data are slow: `cifar10_dir` prepares all 60,000 images, and
+    test_predict.py's `real_run` trains on a few of them."""
+    for item in items:
+        if item.get_closest_marker("real_data") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)

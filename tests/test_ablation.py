@@ -200,6 +200,7 @@ def test_ablate_variants_and_refusals(capsys):
         ablate.parse_args(["--variants", "baseline", "--epochz", "3"])
 
 
+@pytest.mark.slow
 def test_ablate_smoke_run_tables_plots_and_evaluates(synthetic_cifar10_dir, tmp_path):
     """Two variants of a 1/16-width FishNet-99, one epoch each on the synthetic data."""
     table, plot, out = tmp_path / "ablation.md", tmp_path / "ablation.png", tmp_path / "runs"

@@ -3,6 +3,7 @@
 import json
 import re
 
+import pytest
 from conftest import run_script
 
 from training.options import parse_args as parse_train_args
@@ -10,6 +11,7 @@ from training.options import parse_args as parse_train_args
 CPU_SMALL = ["--width", "0.25", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_bench_train_runs_both_pipelines(synthetic_cifar10_dir, tmp_path):
     result = run_script(
         "bench.py", "train", "--data", synthetic_cifar10_dir, *CPU_SMALL, "--batch-size", "8",
@@ -31,6 +33,7 @@ def test_bench_train_runs_both_pipelines(synthetic_cifar10_dir, tmp_path):
         assert pipeline["fraction_of_peak"] is None and pipeline["startup_s"] > 0
 
 
+@pytest.mark.slow
 def test_bench_tta_reports_the_time_to_each_target(synthetic_cifar10_dir, tmp_path):
     result = run_script(
         "bench.py", "tta", "--targets", "1", "99.9", "--split", "test", "--out", tmp_path / "tta",
@@ -42,6 +45,7 @@ def test_bench_tta_reports_the_time_to_each_target(synthetic_cifar10_dir, tmp_pa
     assert "final after 2 epochs" in result.stdout
 
 
+@pytest.mark.slow
 def test_bench_rejects_unknown_flags():
     result = run_script("bench.py", "train", "--lr", "0.1")
     assert result.returncode == 2 and "unrecognized arguments: --lr 0.1" in result.stderr

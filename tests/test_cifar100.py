@@ -136,6 +136,7 @@ def test_the_wrong_dataset_flag_is_named(cifar100_source, make_synthetic_source,
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_failed_download_names_the_cifar100_archive(tmp_path):
     env = {**os.environ, "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
     env.pop("no_proxy", None)
@@ -146,6 +147,7 @@ def test_failed_download_names_the_cifar100_archive(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_train_eval_and_predict_take_the_100_classes_from_the_data(cifar100_dir, tmp_path):
     out = tmp_path / "run"
     result = run_script(

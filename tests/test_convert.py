@@ -154,6 +154,7 @@ class AuthorsFishNet(nn.Module):
         return last[4](last[3](feats[-1])).flatten(1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_authors_state_dict_gives_the_same_logits(name):
     torch.manual_seed(0)
@@ -194,6 +195,7 @@ def converted(tmp_path_factory) -> tuple[nn.Module, Path, Path]:
     return authors, theirs, ours
 
 
+@pytest.mark.slow
 def test_cli_writes_a_checkpoint_that_eval_reads(converted):
     authors, _, ours = converted
     checkpoint = load_checkpoint(ours)
@@ -219,6 +221,7 @@ def test_class_names_are_imagenets_for_1000_classes():
     assert class_names(3) == ["class 0", "class 1", "class 2"]
 
 
+@pytest.mark.slow
 def test_predict_prepares_a_photo_as_the_authors_evaluation_did(converted, tmp_path):
     _, _, ours = converted
     assert load_ready_model(ours, torch.device("cpu")).input_size == 224
@@ -247,6 +250,7 @@ def test_predict_prepares_a_photo_as_the_authors_evaluation_did(converted, tmp_p
         assert t["probability"] == pytest.approx(value, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_visualize_draws_an_imagenet_model_at_its_input_size(converted, tmp_path, capsys):
     from tools.visualize import main as visualize
 
@@ -354,6 +358,7 @@ def test_refuses_a_classifier_whose_weights_repeat_a_few_values():
         convert_state_dict(state, "fishnet99", width=0.25)
 
 
+@pytest.mark.slow
 def test_the_command_reports_a_bad_file_in_one_line(tmp_path):
     (tmp_path / "empty.tar").write_bytes(b"")
     result = subprocess.run(

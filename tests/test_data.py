@@ -166,6 +166,7 @@ def test_synthetic_source_layout_and_pixels(make_synthetic_source, tmp_path: Pat
             assert np.array_equal(np.asarray(written), np.asarray(expected))
 
 
+@pytest.mark.slow
 def test_rerun_does_no_work_but_a_new_seed_or_source_redoes(
     make_synthetic_source, tmp_path: Path
 ) -> None:
@@ -292,7 +293,7 @@ def make_bad_source(kind: str, make_synthetic_source, tmp_path: Path) -> tuple[P
         "missing path",
         "tarball not CIFAR-10",
         "not a tarball",
-        "archive failing its MD5",
+        pytest.param("archive failing its MD5", marks=pytest.mark.slow),
         "class folder missing",
         "unexpected class folder",
         "corrupt image",
@@ -305,6 +306,7 @@ def test_bad_source_is_one_line_error(kind: str, make_synthetic_source, tmp_path
     assert_clean_failure(run_download_data("--source", source, "--out", out), out, fragment)
 
 
+@pytest.mark.slow
 def test_failed_download_says_to_use_source(tmp_path: Path) -> None:
     # An unreachable proxy makes the download fail the same way with or without internet.
     env = {**os.environ, "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
@@ -582,6 +584,7 @@ def test_training_epoch_keeps_every_sample_once_in_batches() -> None:
     assert all(b.dtype == torch.int64 for b in batch_ids)
 
 
+@pytest.mark.slow
 def test_same_seed_same_batches_and_resuming_repeats_an_epoch() -> None:
     images, ids = id_images(300)
 
@@ -677,6 +680,7 @@ def test_ranks_have_equal_batch_counts_and_shuffle_alike() -> None:
 # bench.py
 
 
+@pytest.mark.slow
 def test_bench_data_reports_both_rates(synthetic_cifar10_dir: Path, tmp_path: Path) -> None:
     dataset_dir = copy_dataset(synthetic_cifar10_dir, tmp_path)
     result = subprocess.run(

@@ -5,10 +5,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import REPO_ROOT, SMALL, run_script
 
 from models import build_model
+
+pytestmark = pytest.mark.slow  # every test starts torchrun and its training processes
 
 # The first-step update of a width-0.25 FishNet-99 on 16 fixed images, with BatchNorm in
 # eval mode (its batch statistics would differ between one batch of 16 and two of 8) on

@@ -53,6 +53,7 @@ def run_epoch(loader, step, scheduler, epoch: int, stop: StopRequest | None = No
     return train_one_epoch(step, loader, scheduler, progress, stop or StopRequest(), epoch=epoch)
 
 
+@pytest.mark.slow
 def test_an_epoch_trains_full_batches_and_sums_its_metrics():
     _, model, loader, step, scheduler, _ = tiny_run()
     before = [p.detach().clone() for p in model.parameters()]
@@ -84,6 +85,7 @@ def test_identity_init_starts_at_the_uniform_loss():
     assert loss.item() == pytest.approx(math.log(10), abs=0.05)
 
 
+@pytest.mark.slow
 def test_state_round_trip_restores_every_part():
     _, model, loader, step, scheduler, state = tiny_run("--ema", "0.9")
     run_epoch(loader, step, scheduler, 0)
@@ -140,6 +142,7 @@ def test_a_resume_state_of_the_wrong_kind_is_refused_before_any_step(damage, mes
         tiny_run()[-1].load_state_dict(saved)
 
 
+@pytest.mark.slow
 def test_optimizer_state_of_another_shape_is_refused():
     _, _, loader, step, scheduler, state = tiny_run()
     run_epoch(loader, step, scheduler, 0)
@@ -150,6 +153,7 @@ def test_optimizer_state_of_another_shape_is_refused():
         tiny_run()[-1].load_state_dict(saved)
 
 
+@pytest.mark.slow
 def test_a_stop_request_interrupts_between_steps():
     _, _, loader, step, scheduler, _ = tiny_run(batch=16)
     stop = StopRequest()
@@ -174,6 +178,7 @@ def test_out_of_memory_names_the_batch_size():
         run_epoch(loader, step, scheduler, 0)
 
 
+@pytest.mark.slow
 def test_a_run_with_a_partial_last_batch_compiles_once():
     counter = CompileCounterWithBackend("aot_eager")
     _, model, loader, step, scheduler, _ = tiny_run(compiled=True, backend=counter)
@@ -185,6 +190,7 @@ def test_a_run_with_a_partial_last_batch_compiles_once():
     assert counter.frame_count == 1
 
 
+@pytest.mark.slow
 def test_compiled_step_trains_as_the_eager_one():
     _, eager_model, loader, step, scheduler, _ = tiny_run()
     run_epoch(loader, step, scheduler, 0)

@@ -19,6 +19,10 @@ from conftest import REPO_ROOT, SMALL, one_line_error, run_download_data, run_sc
 
 from training.checkpoint import load_checkpoint
 
+# Every test starts a Python that imports torch (train.py, eval.py, predict.py or a writer of
+# its own) or reads the run that finished_run trains with train.py.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def finished_run(synthetic_cifar10_dir, tmp_path_factory):

@@ -123,6 +123,7 @@ def random_loader(images: int, batch: int) -> DeviceLoader:
     )
 
 
+@pytest.mark.slow
 def test_evaluation_reads_the_device_only_at_its_end():
     """Per batch, no read-back (``_local_scalar_dense``: .item(), bool(), CUDA bincount's
     min and max) and no bincount; the counts equal those of the predictions."""
@@ -212,6 +213,7 @@ def test_torch_compile_unavailable_is_reported_as_a_failure(monkeypatch):
     assert "not supported" in step.compile_watch.outcome().describe(cudagraphs=False)[0]
 
 
+@pytest.mark.slow
 def test_skipped_cuda_graphs_are_counted():
     """Inductor skips CUDA graphs for a graph of CPU operations (silently, there)."""
     step = linear_step(nn.Sequential(nn.Flatten(), nn.Linear(3072, 10)), "inductor",
@@ -282,6 +284,7 @@ def test_the_compile_decision(flags, device, world_size, expected):
     assert note.startswith(f"compile: {'on' if compiled else 'off'}")
 
 
+@pytest.mark.slow
 def test_an_operation_without_a_deterministic_kernel_is_refused_before_training():
     class Scatter(nn.Module):  # put_ has no deterministic implementation, even on the CPU
         def forward(self, images):
@@ -307,6 +310,7 @@ def train_in_process(data, out, *flags) -> None:
             signal.signal(signum, handler)
 
 
+@pytest.mark.slow
 def test_a_run_resumes_with_another_precision(synthetic_cifar10_dir, tmp_path, capsys):
     """--amp is not run-defining: auto picks fp16 on older GPUs, bf16 on newer ones."""
     out, narrow = tmp_path / "run", ["--width", "0.0625"]  # fp16 is slow on a CPU
@@ -320,6 +324,7 @@ def test_a_run_resumes_with_another_precision(synthetic_cifar10_dir, tmp_path, c
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
 
 
+@pytest.mark.slow
 def test_a_mid_epoch_state_from_another_device_type_draws_anew(
     synthetic_cifar10_dir, tmp_path, capsys
 ):
@@ -338,6 +343,7 @@ def test_a_mid_epoch_state_from_another_device_type_draws_anew(
     assert [row["train_samples"] for row in history] == [64, 64]
 
 
+@pytest.mark.slow
 def test_checkpoints_wait_for_the_interval_and_keep_the_best_epoch(synthetic_cifar10_dir, tmp_path):
     out = tmp_path / "run"
     train_in_process(
@@ -352,6 +358,7 @@ def test_checkpoints_wait_for_the_interval_and_keep_the_best_epoch(synthetic_cif
         assert os.path.samefile(out / "best.pt", out / "last.pt")
 
 
+@pytest.mark.slow
 def test_best_pt_is_a_link_that_a_new_last_pt_leaves_alone(synthetic_cifar10_dir, tmp_path):
     out = tmp_path / "run"
     train_in_process(synthetic_cifar10_dir, out, "--epochs", "1")

@@ -41,6 +41,7 @@ def row(report: str, name: str) -> str:
     return line
 
 
+@pytest.mark.slow
 def test_tiny_report_names_every_stage_with_its_figures(tiny_report):
     out, result = tiny_report
     assert result.returncode == 0, result.stderr
@@ -88,6 +89,7 @@ def test_tiny_report_names_every_stage_with_its_figures(tiny_report):
     assert step["batch_size"] == 32 and set(step["pipelines"]) == {"this repository", "seed-style"}
 
 
+@pytest.mark.slow
 def test_an_existing_report_is_refused_before_any_program(tiny_report, monkeypatch):
     out, _ = tiny_report
     before = (out / "report.md").read_bytes()
@@ -109,6 +111,7 @@ def test_without_a_gpu_only_the_tiny_report_runs(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_an_out_that_is_a_file_is_refused_in_one_line(synthetic_cifar10_dir, tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("mine")
@@ -118,6 +121,7 @@ def test_an_out_that_is_a_file_is_refused_in_one_line(synthetic_cifar10_dir, tmp
     assert a_file.read_text() == "mine" and result.stdout == ""
 
 
+@pytest.mark.slow
 def test_the_budget_stops_training_and_still_writes_the_report(synthetic_cifar10_dir, tmp_path):
     # 1 s: the machine's description took 0.01 s on the 2-core development machine, and no
     # machine runs train.py in the rest (2-9 s to import torch there, 12 s for the --tiny run).

@@ -367,6 +367,7 @@ def test_hostile_manifest_is_one_data_error(synthetic_cifar10_dir: Path, tmp_pat
         assert message.startswith(str(named)) and phrase in message and "\n" not in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["symlink outside", "text chunk bomb"])
 def test_train_py_ends_hostile_data_with_one_line(synthetic_cifar10_dir, tmp_path: Path, kind):
     dataset_dir = copy_dataset(synthetic_cifar10_dir, tmp_path)

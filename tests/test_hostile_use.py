@@ -129,6 +129,7 @@ def test_a_stop_while_a_dataset_is_put_in_place_waits_for_it():
     assert stops == [signal.SIGTERM, signal.SIGINT]
 
 
+@pytest.mark.slow
 def test_readers_refuse_an_inflating_checkpoint(finished_run, tmp_path):
     bomb = deflated_copy(finished_run / "best.pt", tmp_path / "bomb.pt")
     image = tmp_path / "cat.png"
@@ -174,6 +175,7 @@ def refused(command, *argv) -> str:
     return str(error.value)
 
 
+@pytest.mark.slow
 def test_no_command_replaces_a_run_unasked(finished_run, synthetic_cifar10_dir, tmp_path):
     run = shutil.copytree(finished_run, tmp_path / "run")
     before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt")}
@@ -196,6 +198,7 @@ def test_no_command_replaces_a_run_unasked(finished_run, synthetic_cifar10_dir, 
     assert before == {name: (run / name).read_bytes() for name in before}
 
 
+@pytest.mark.slow
 def test_outputs_are_checked_before_any_work(finished_run, synthetic_cifar10_dir, tmp_path):
     data = ["--data", synthetic_cifar10_dir, *SMALL, "--epochs", "1"]
     a_folder, a_file = tmp_path / "folder", tmp_path / "file"
@@ -247,6 +250,7 @@ def slow_validation_data(tmp_path_factory) -> Path:
     return out / "cifar10"
 
 
+@pytest.mark.slow
 def test_sigterm_during_validation_saves_the_trained_epoch(slow_validation_data, tmp_path):
     out = tmp_path / "run"
     flags = ["--data", slow_validation_data, "--out", out, "--model", "fishnet99", "--width",
@@ -274,6 +278,7 @@ def test_sigterm_during_validation_saves_the_trained_epoch(slow_validation_data,
     assert (row["epoch"], row["train_samples"]) == (1, 8) and "valid_top1" in row
 
 
+@pytest.mark.slow
 def test_ablate_passes_a_stop_on_and_resumes(synthetic_cifar10_dir, tmp_path):
     out = tmp_path / "runs"
     flags = ["--variants", "baseline", "--out", out, "--data", synthetic_cifar10_dir, *SMALL,
@@ -294,6 +299,7 @@ def test_ablate_passes_a_stop_on_and_resumes(synthetic_cifar10_dir, tmp_path):
     assert torch.load(out / "baseline" / "last.pt", weights_only=True)["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_a_killed_parent_stops_its_training_child(synthetic_cifar10_dir, tmp_path):
     out = tmp_path / "tta"
     flags = ["tta", "--out", out, "--targets", "99", "--data", synthetic_cifar10_dir, *SMALL,
@@ -321,6 +327,7 @@ def _locked(folder: Path) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_a_reader_gone_does_not_cost_a_stopped_run_its_epoch(synthetic_cifar10_dir, tmp_path):
     """train.py | head: the reader ends, then Ctrl-C; printing must not stop the saving."""
     out = tmp_path / "run"
@@ -356,6 +363,7 @@ def test_download_stopped_by_sigterm_cleans_up(tmp_path):
 # -- torchrun's variables --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_process_of_a_run_that_never_assembles_ends_in_one_line(
     synthetic_cifar10_dir, tmp_path, monkeypatch
 ):
@@ -389,6 +397,7 @@ def test_a_process_of_a_run_that_never_assembles_ends_in_one_line(
 # -- names and numbers -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_names_reach_the_terminal_as_plain_text(synthetic_cifar10_dir, tmp_path):
     assert (
         printable(f"a{ESCAPES}\nb\udce9\u202e") == "a\\x1b[2J\\x1b]0;owned\\x07\\x0ab\\xe9\\u202e"
@@ -500,6 +509,7 @@ def test_a_file_or_download_target_that_is_a_file(tmp_path):
     assert a_file.read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_bench_train_with_a_batch_larger_than_the_data(synthetic_cifar10_dir):
     result = run_script("bench.py", "train", "--data", synthetic_cifar10_dir, "--batch-size",
                         "1000", "--device", "cpu", "--width", "0.25")  # fmt: skip

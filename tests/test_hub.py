@@ -117,6 +117,7 @@ assert sys.argv[1] not in sys.path
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["user modules first", "hub first"])
 def test_keeps_the_users_own_modules(tmp_path, order):
     torch.manual_seed(0)
@@ -145,6 +146,7 @@ def readme_snippet() -> str:
     return snippet
 
 
+@pytest.mark.slow
 def test_the_readmes_image_to_probabilities_snippet_gives_what_predict_gives(tmp_path):
     torch.manual_seed(0)
     checkpoint = tmp_path / "best.pt"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from graphlib import CycleError, TopologicalSorter
 
+import pytest
 from conftest import REPO_ROOT
 
 SCRIPTS = ("train.py", "eval.py", "predict.py", "bench.py", "ablate.py", "hubconf.py")
@@ -104,6 +105,7 @@ def test_the_layer_rule_sees_an_import_upwards(tmp_path):
     assert not {layer_of(t) for t in found} <= allowed_layers("models")
 
 
+@pytest.mark.slow
 def test_models_import_with_only_torch_besides(tmp_path):
     """models/ alone, copied away from the repository, builds a network: nothing outside it
     (utils.py, numpy, Pillow) is needed."""

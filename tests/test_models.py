@@ -130,6 +130,7 @@ def test_channels_last_and_bf16_autocast():
     assert torch.isfinite(low).all()
 
 
+@pytest.mark.slow
 def test_compiles_as_one_graph():
     model = build_model("fishnet99", width=0.25)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
@@ -199,6 +200,7 @@ def test_fishnet_rejects_inconsistent_config():
         FishNet(FishConfig(base.planes, base.units, base.transfer_units, (1, 1, 0, 6, 5, 4)))
 
 
+@pytest.mark.slow
 def test_models_table_cli():
     result = subprocess.run(
         [sys.executable, "-m", "models"], cwd=REPO, capture_output=True, text=True, check=True
@@ -307,6 +309,7 @@ def test_registers_with_timm_when_it_is_installed(monkeypatch):
         registry["fishnet99"](pretrained=True)
 
 
+@pytest.mark.slow
 def test_models_cli_help():
     result = subprocess.run(
         [sys.executable, "-m", "models", "--help"],

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # pip installs the package into a temporary folder
+
 REPO = Path(__file__).resolve().parents[1]
 ANOTHER_PROJECT = 'MARK = "another project"\n'
 

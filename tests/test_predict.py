@@ -167,6 +167,7 @@ def test_read_image_any_size_and_mode(tmp_path):
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
 
 
+@pytest.mark.slow
 def test_predict_skips_unreadable_files_and_fails_at_the_end(synthetic_checkpoint, tmp_path):
     broken = write_odd_images(tmp_path / "odd")
     missing = tmp_path / "missing.png"
@@ -191,6 +192,7 @@ def test_predict_skips_unreadable_files_and_fails_at_the_end(synthetic_checkpoin
     assert all(len(p["top"]) == 2 for p in predictions if "top" in p)
 
 
+@pytest.mark.slow
 def test_predict_errors_are_one_line(synthetic_checkpoint, tmp_path):
     image = tmp_path / "image.png"
     Image.new("RGB", (32, 32)).save(image)
@@ -209,6 +211,7 @@ def test_predict_errors_are_one_line(synthetic_checkpoint, tmp_path):
     one_line_error(result, "the following arguments are required")
 
 
+@pytest.mark.slow
 def test_predict_prints_names_as_one_line_of_plain_text(synthetic_checkpoint, tmp_path):
     # Names that would clear the screen, retitle the terminal and forge a line of output.
     forged = "\x1b[2J\x1b]0;owned\x07 x\nforged.png: cat 100.0 %"
@@ -230,6 +233,7 @@ def test_predict_prints_names_as_one_line_of_plain_text(synthetic_checkpoint, tm
     assert all("\\x1b[8m\\x0a" in entry for entry in listed)
 
 
+@pytest.mark.slow
 def test_classifier_matches_the_training_numerics(synthetic_checkpoint, synthetic_cifar10_dir):
     classifier = load_ready_model(synthetic_checkpoint, torch.device("cpu"))
     assert classifier.input_size == 32
@@ -246,6 +250,7 @@ def test_classifier_matches_the_training_numerics(synthetic_checkpoint, syntheti
     assert torch.allclose(probabilities.sum(1), torch.ones(4))
 
 
+@pytest.mark.slow
 def test_visualize_draws_one_panel_per_stage_at_its_resolution(synthetic_checkpoint, tmp_path):
     from tools.visualize import draw_fish
 
@@ -282,6 +287,7 @@ def test_visualize_draws_one_panel_per_stage_at_its_resolution(synthetic_checkpo
     assert widths == pytest.approx([w / 32 * widths[0] for w in sides])
 
 
+@pytest.mark.slow
 def test_visualize_errors_are_one_line(synthetic_checkpoint, tmp_path):
     command = [sys.executable, "-m", "tools.visualize", synthetic_checkpoint, tmp_path / "no.png"]
     result = subprocess.run(

@@ -16,6 +16,7 @@ def train(data, out, *args) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow
 def test_train_then_eval_end_to_end(synthetic_cifar10_dir, tmp_path):
     out = tmp_path / "run"
     train(synthetic_cifar10_dir, out, "--epochs", "2")
@@ -49,6 +50,7 @@ def test_train_then_eval_end_to_end(synthetic_cifar10_dir, tmp_path):
     assert "| test |" in table.stdout and "| airplane |" in table.stdout
 
 
+@pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(synthetic_cifar10_dir, tmp_path):
     straight, pieces = tmp_path / "straight", tmp_path / "pieces"
     common = ["--deterministic", "--seed", "3"]
@@ -65,6 +67,7 @@ def test_resume_equals_an_uninterrupted_run(synthetic_cifar10_dir, tmp_path):
     assert without_timing(a["history"]) == without_timing(b["history"])
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_or_mismatched_resume(synthetic_cifar10_dir, tmp_path):
     out = tmp_path / "run"
     train(synthetic_cifar10_dir, out, "--epochs", "1", "--schedule", "cosine")
@@ -91,6 +94,7 @@ def test_refuses_to_overwrite_or_mismatched_resume(synthetic_cifar10_dir, tmp_pa
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
+@pytest.mark.slow
 def test_missing_data_asks_for_download_and_leaves_no_run_behind(tmp_path):
     out = tmp_path / "run"
     result = run_script("train.py", "--data", tmp_path / "nowhere", "--out", out, "--device", "cpu")
@@ -101,6 +105,7 @@ def test_missing_data_asks_for_download_and_leaves_no_run_behind(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_half_prepared_dataset_names_the_missing_manifest(synthetic_cifar10_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(synthetic_cifar10_dir, data)
@@ -126,6 +131,7 @@ def test_learns_real_cifar10_on_the_cpu(cifar10_dir, tmp_path):
     assert row["valid_top1"] >= 30
 
 
+@pytest.mark.slow
 def test_moving_average_flip_cutout_fp16_and_the_run_record(synthetic_cifar10_dir, tmp_path):
     out = tmp_path / "run"
     flags = ["--epochs", "1", "--ema", "0.9", "--flip-eval", "--augment", "crop-flip", "cutout",
@@ -150,6 +156,7 @@ def test_moving_average_flip_cutout_fp16_and_the_run_record(synthetic_cifar10_di
     assert scores["flip_top1"] == pytest.approx(row["valid_flip_top1"])
 
 
+@pytest.mark.slow
 def test_train_on_all_reports_test_only(synthetic_cifar10_dir, tmp_path):
     out = tmp_path / "run"
     train(synthetic_cifar10_dir, out, "--epochs", "1", "--train-on-all")
@@ -159,6 +166,7 @@ def test_train_on_all_reports_test_only(synthetic_cifar10_dir, tmp_path):
     assert (out / "best.pt").is_file()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_new_flags_still_resumes(synthetic_cifar10_dir, tmp_path):
     out = tmp_path / "run"
     train(synthetic_cifar10_dir, out, "--epochs", "1")
@@ -174,6 +182,7 @@ def test_a_checkpoint_from_before_new_flags_still_resumes(synthetic_cifar10_dir,
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_eval_refuses_data_the_run_was_not_scored_on(synthetic_cifar10_dir, tmp_path):
     out = tmp_path / "run"
     train(synthetic_cifar10_dir, out, "--epochs", "1")
