@@ -114,12 +114,14 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
     if checkpoint:
         run.restore(checkpoint, out / "last.pt", data, rank, world_size)
     state = run.state
+    # Ctrl-C and SIGTERM save from here on: the line below tells a user (and a parent
+    # program) that the run has started.
+    stop = StopRequest()
+    stop.install()
     log(data.describe(args, device, world_size) + "\n" + run.compile_note)
     if device.type == "cpu":
         images_left = data.train.num_samples * world_size * (args.epochs - state.epoch)
         warn_if_long_on_cpu(args, run.model, images_left)
-    stop = StopRequest()
-    stop.install()
     clock = EpochClock(epochs_left=args.epochs - state.epoch)
     for epoch in range(state.epoch, args.epochs):
         data.train.set_epoch(epoch)
