@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from dataloader import DeviceLoader, load_split, manifest_sha256, read_classes
+from dataloader.augment import TEST_AUGMENTATIONS
 from training.checkpoint import load_checkpoint, load_ready_model
 from training.cli import (
     HelpFormatter,
@@ -67,10 +68,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="precision (none given: the run's on CUDA, fp32 on a CPU)",
     )
     add(
-        "--flip",
-        action="store_true",
-        help="also report horizontal-flip test-time augmentation, beside the plain scores",
+        "--test-augment",
+        nargs="+",
+        default=[],
+        choices=TEST_AUGMENTATIONS,
+        metavar="NAME",
+        help="also report these test-time augmentations, each beside the plain scores: "
+        f"{', '.join(TEST_AUGMENTATIONS)} (docs/evaluation.md)",
     )
+    # The flag before the table of test-time augmentations, refused with today's spelling.
+    add("--flip", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     add("--json", action="store_true", help="print top-1 and top-5 per split as JSON")
     add(
         "--out",
@@ -78,7 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="folder for confusion_SPLIT.png (none given: the checkpoint's folder)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if "flip" in args:
+        parser.error("--flip: give --test-augment flip instead")
+    return args
 
 
 def dataset_folder(args: argparse.Namespace, checkpoint: dict) -> Path:
@@ -135,7 +145,7 @@ def evaluate_splits(args, ready, data_dir: Path) -> dict[str, dict]:
             len(ready.classes),
             ready.device,
             ready.amp,
-            flip=args.flip,
+            test_augment=args.test_augment,
             desc=f"{split} ({len(labels):,} images)",
         )
         results[split]["seconds"] = time.perf_counter() - started
@@ -148,18 +158,22 @@ ACCURACIES = [metric for metric in METRICS if metric.unit == "%"]
 
 def report(args, checkpoint: dict, classes: list[str], results: dict[str, dict]) -> None:
     if args.json:
-        keys = [m.key for m in ACCURACIES] + [f"flip_{m.key}" for m in ACCURACIES if m.flip]
+        keys = [m.key for m in ACCURACIES] + [
+            f"{name}_{m.key}" for name in args.test_augment for m in ACCURACIES if m.test_augmented
+        ]
         print(
             json.dumps({s: {k: r[k] for k in keys if k in r} for s, r in results.items()}, indent=1)
         )
         return
     model, epoch = checkpoint["model"]["name"], checkpoint["epoch"]
     print(f"{printable(args.checkpoint)}: {model}, epoch {epoch}\n")
-    # The accuracies first, then the loss, then the time; the scores with flipped images last.
+    # The accuracies first, then the loss, then the time; the test-time augmented scores last.
     columns = [*ACCURACIES, *(metric for metric in METRICS if metric not in ACCURACIES)]
-    flipped = [metric for metric in columns if metric.flip] if args.flip else []
+    augmented = [
+        (name, metric) for name in args.test_augment for metric in columns if metric.test_augmented
+    ]
     header = ["split", "images", *(_heading(m) for m in columns), "seconds"]
-    header += [f"flip {_heading(m)}" for m in flipped]
+    header += [f"{name} {_heading(m)}" for name, m in augmented]
     rows = []
     for split, r in results.items():
         row = [
@@ -168,7 +182,7 @@ def report(args, checkpoint: dict, classes: list[str], results: dict[str, dict])
             *(f"{r[m.key]:.{m.report_digits}f}" for m in columns),
             f"{r['seconds']:.1f}",
         ]
-        rows.append(row + [f"{r[f'flip_{m.key}']:.{m.report_digits}f}" for m in flipped])
+        rows.append(row + [f"{r[f'{name}_{m.key}']:.{m.report_digits}f}" for name, m in augmented])
     print(markdown_table(header, rows))
     per_class = {s: per_class_accuracy(r["confusion"]) for s, r in results.items()}
     rows = [

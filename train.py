@@ -60,7 +60,7 @@ from training.metrics import (
     evaluate,
     score_keys,
 )
-from training.optim import make_optimizer, make_scheduler
+from training.optim import make_optimizer, make_scheduler, set_batch_norm_momentum
 from training.options import (
     DEFAULT_EVAL_BATCH_SIZE,
     changed_from_preset,
@@ -154,11 +154,11 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
                     data.num_classes,
                     device,
                     run.amp,
-                    flip=args.flip_eval,
+                    test_augment=args.test_augment,
                     desc=f"{split} after epoch {epoch + 1}",
                     should_stop=lambda: stop.signal is not None,
                 )
-                row.update({f"{split}_{key}": scores[key] for key in score_keys(args.flip_eval)})
+                row.update({f"{split}_{key}": scores[key] for key in score_keys(args.test_augment)})
         except EvaluationStopped:
             # The epoch's training is saved as an epoch interrupted at its end: --resume
             # runs only its evaluation. Waiting for the evaluation could outlast the grace
@@ -300,6 +300,7 @@ class Data:
             train=True,
             augment=args.augment,
             augment_params=vars(args),
+            num_classes=len(fingerprint["classes"]),
             seed=args.seed,
             drop_last=True,
             **common,
@@ -413,6 +414,7 @@ class Run:
             **switch_kwargs(args.model, vars(args)),
         }
         model = build_model(args.model, **kwargs).to(device)
+        set_batch_norm_momentum(model, args.bn_momentum)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if args.sync_bn:

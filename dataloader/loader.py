@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -16,14 +17,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataloader.augment import pipeline
+from dataloader.augment import Batch, mixes_targets, pipeline
 from dataloader.manifests import read_classes, read_manifest
 from dataloader.splits import open_rgb
 
 # Random streams drawn from (seed, epoch, stream, ...): the shuffle is shared by all ranks,
-# the augmentation differs per rank.
+# the augmentation differs per rank. The host's numbers of a batch (mixing shares) are drawn
+# from (seed, epoch, HOST_STREAM, rank, step): no state to save, and none to wait for.
 SHUFFLE_STREAM = 0
 AUGMENT_STREAM = 1
+HOST_STREAM = 2
 # Bytes of a random generator's state: the CPU's Mersenne Twister, CUDA's Philox (seed and
 # offset). A mid-epoch checkpoint saved on one cannot continue on the other.
 GENERATOR_STATE_BYTES = {"cpu": 5056, "cuda": 16}
@@ -103,6 +106,7 @@ class DeviceLoader:
         train: bool,
         augment: Sequence[str] = ("crop-flip",),
         augment_params: Mapping[str, object] | None = None,
+        num_classes: int | None = None,
         drop_last: bool = False,
         seed: int = 0,
         device: str | torch.device = "cpu",
@@ -131,6 +135,10 @@ class DeviceLoader:
         augmented = pipeline(augment, augment_params or {}, self._mean, self._std)
         self.augment = tuple(augment)
         self._transforms = augmented if train else pipeline((), {}, self._mean, self._std)
+        self._mixes = train and mixes_targets(augment)
+        if self._mixes and num_classes is None:
+            raise ValueError(f"{' '.join(augment)} mixes the targets: give num_classes")
+        self.num_classes = num_classes
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -209,10 +217,24 @@ class DeviceLoader:
         for step in range(first, len(self._bounds)):
             start, stop = self._bounds[step]
             indices = torch.tensor_split(order[start:stop], self.world_size)[self.rank]
-            images = self.images[indices]
+            host_random = None
+            if self._mixes:
+                key = _stream_seed(self.seed, self.epoch, HOST_STREAM, self.rank, step)
+                host_random = random.Random(key)
+            batch = Batch(
+                images=self.images[indices],
+                targets=self.labels[indices],
+                indices=indices,
+                generator=augment_generator,
+                host_random=host_random,
+                epoch=self.epoch,
+                seed=self.seed,
+                num_classes=self.num_classes,
+            )
             for transform in self._transforms:
-                images = transform(images, augment_generator)
+                batch = transform(batch)
+            images = batch.images
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             self.step = step + 1
-            yield images, self.labels[indices]
+            yield images, batch.targets

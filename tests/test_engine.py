@@ -1,6 +1,7 @@
 """The training library in-process: a step, an epoch, a run's state, interruption,
 compilation, schedules and the resume check."""
 
+import itertools
 import math
 import signal
 
@@ -21,7 +22,7 @@ from training.engine import (
     train_one_epoch,
 )
 from training.metrics import evaluate
-from training.optim import make_optimizer, make_scheduler
+from training.optim import make_optimizer, make_scheduler, set_batch_norm_momentum
 from training.options import optimizer_kwargs, parse_args, resume_mismatches, scheduler_kwargs
 from utils import UserError
 
@@ -279,3 +280,47 @@ def test_resume_names_changed_fields_and_accepts_older_checkpoints():
     older["augment"] = "crop-flip"
     assert resume_mismatches(older, parse_args([])) == []
     assert resume_mismatches(older, parse_args(["--ema", "0.9"])) == ["--ema None (now 0.9)"]
+
+
+def test_the_linear_schedule_warms_up_then_falls_to_zero_at_the_end():
+    args = parse_args(["--schedule", "linear", "--lr", "0.4", "--epochs", "4",
+                       "--warmup-epochs", "1"])  # fmt: skip
+    optimizer = make_optimizer(nn.Linear(2, 2), **optimizer_kwargs(args))
+    scheduler = make_scheduler(optimizer, **scheduler_kwargs(args), steps_per_epoch=5)
+    rates = []
+    for _ in range(20):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:6] == sorted(rates[:6]) and rates[5] == pytest.approx(0.4)
+    falls = rates[5:]
+    assert all(b - a == pytest.approx(-0.4 / 15) for a, b in itertools.pairwise(falls))
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)  # after the last step
+
+
+def test_bn_momentum_sets_every_batch_norm_layer_and_none_leaves_them():
+    model = build_model("fishnet99", width=0.25)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    set_batch_norm_momentum(model, None)
+    assert norms and {m.momentum for m in norms} == {0.1}
+    set_batch_norm_momentum(model, 0.4)
+    assert {m.momentum for m in norms} == {0.4}
+    assert parse_args(["--bn-momentum", "0.4"]).bn_momentum == 0.4
+    assert parse_args([]).bn_momentum is None
+
+
+def test_a_step_on_mixed_targets_trains_and_scores_within_bounds():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 10))  # fmt: skip
+    pixels = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    loader = DeviceLoader(pixels, torch.arange(64) % 10, 16, mean=(0.5,) * 3, std=(0.25,) * 3,
+                          train=True, augment=["crop-flip", "cutmix"], num_classes=10)  # fmt: skip
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    step = TrainStep(model, make_optimizer(model), criterion, CPU, "off")
+    scheduler = make_scheduler(step.optimizer, name="step", epochs=1, steps_per_epoch=4, lr=0.1)
+    progress = run_epoch(loader, step, scheduler, 0)
+    summary = progress.summary()
+    assert math.isfinite(summary["train_loss"]) and summary["train_samples"] == 64
+    # Top-1 counts the mixed shares: fractions of an image, within 0..100 %.
+    assert 0 <= summary["train_top1"] <= summary["train_top5"] <= 100

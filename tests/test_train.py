@@ -134,8 +134,8 @@ def test_learns_real_cifar10_on_the_cpu(cifar10_dir, tmp_path):
 @pytest.mark.slow
 def test_moving_average_flip_cutout_fp16_and_the_run_record(synthetic_cifar10_dir, tmp_path):
     out = tmp_path / "run"
-    flags = ["--epochs", "1", "--ema", "0.9", "--flip-eval", "--augment", "crop-flip", "cutout",
-             "--cutout-size", "8", "--amp", "fp16"]  # fmt: skip
+    flags = ["--epochs", "1", "--ema", "0.9", "--test-augment", "flip", "--augment", "crop-flip",
+             "cutout", "--cutout-size", "8", "--amp", "fp16"]  # fmt: skip
     train(synthetic_cifar10_dir, out, *flags)
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     assert "ema_state_dict" in checkpoint and checkpoint["scaler"]["scale"] > 0
@@ -148,12 +148,33 @@ def test_moving_average_flip_cutout_fp16_and_the_run_record(synthetic_cifar10_di
     assert record["args"]["cutout_size"] == 8
 
     # eval.py scores the moving average, as validation did, from any folder.
-    result = run_script("eval.py", out / "best.pt", "--json", "--flip", "--device", "cpu",
-                        "--split", "valid", cwd=tmp_path)  # fmt: skip
+    result = run_script("eval.py", out / "best.pt", "--json", "--test-augment", "flip",
+                        "--device", "cpu", "--split", "valid", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)["valid"]
     assert scores["top1"] == pytest.approx(row["valid_top1"])
     assert scores["flip_top1"] == pytest.approx(row["valid_flip_top1"])
+
+
+@pytest.mark.slow
+def test_the_fast_recipes_ingredients_train_and_evaluate(synthetic_cifar10_dir, tmp_path):
+    out = tmp_path / "run"
+    flags = ["--epochs", "2", "--augment", "crop", "alternating-flip", "cutmix", "--bn-momentum",
+             "0.4", "--schedule", "linear", "--test-augment", "flip", "translate"]  # fmt: skip
+    train(synthetic_cifar10_dir, out, *flags)
+    history = json.loads((out / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    for row in history:
+        assert 0 <= row["train_top1"] <= row["train_top5"] <= 100
+        assert {"valid_flip_top1", "valid_translate_top1", "valid_translate_top5"} <= set(row)
+    record = json.loads((out / "args.json").read_text())["args"]
+    assert (record["crop_padding"], record["cutmix_alpha"], record["mixup_alpha"]) == (4, 1.0, None)
+    result = run_script("eval.py", out / "last.pt", "--json", "--test-augment", "translate",
+                        "--device", "cpu", "--split", "valid")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)["valid"]
+    assert scores["translate_top1"] == pytest.approx(history[-1]["valid_translate_top1"])
+    assert "flip_top1" not in scores
 
 
 @pytest.mark.slow
@@ -171,7 +192,18 @@ def test_a_checkpoint_from_before_new_flags_still_resumes(synthetic_cifar10_dir,
     out = tmp_path / "run"
     train(synthetic_cifar10_dir, out, "--epochs", "1")
     checkpoint = torch.load(out / "last.pt", weights_only=True)
-    for key in ("ema", "cutout_size", "init", "decay_norm_bias", "train_on_all", "flip_eval"):
+    for key in (
+        "ema",
+        "cutout_size",
+        "init",
+        "decay_norm_bias",
+        "train_on_all",
+        "test_augment",
+        "bn_momentum",
+        "crop_padding",
+        "mixup_alpha",
+        "cutmix_alpha",
+    ):
         del checkpoint["args"][key]
     checkpoint["args"]["augment"] = "crop-flip"  # one name, before the augmentation table
     del checkpoint["scaler"]

@@ -1,4 +1,5 @@
-"""Optimizers and learning-rate schedules, chosen by name from tables.
+"""Optimizers and learning-rate schedules, chosen by name from tables; and the rate at which
+batch norm's running statistics follow the batches.
 
 Adding one is one entry, a function whose keyword parameters name the settings it uses;
 an unknown name is a ValueError naming the choices. Every schedule steps once per batch
@@ -62,10 +63,19 @@ def _onecycle(
     )
 
 
+def _linear(optimizer: Optimizer, *, total_steps: int, warmup_steps: int) -> Scheduler:
+    # Down to zero after the last step, as airbench's schedule (with its warm-up) ends.
+    decay = lr_scheduler.LinearLR(
+        optimizer, start_factor=1.0, end_factor=0.0, total_iters=total_steps - warmup_steps
+    )
+    return _with_warmup(optimizer, decay, warmup_steps)
+
+
 SCHEDULES: dict[str, Callable[..., Scheduler]] = {
     "step": _step,
     "cosine": _cosine,
     "onecycle": _onecycle,
+    "linear": _linear,
 }
 """(optimizer, the settings it names) -> a per-step scheduler."""
 DEFAULT_WARMUP = {"onecycle": 0.3}  # share of the run; the other schedules: no warm-up
@@ -153,3 +163,14 @@ def make_scheduler(
         "gamma": gamma,
     }
     return _call_with_what_it_names(build, optimizer, settings)
+
+
+def set_batch_norm_momentum(model: nn.Module, momentum: float | None) -> None:
+    """Sets the momentum of every batch-norm layer of ``model``: the weight of each batch's
+    statistics in the running ones that evaluation uses (PyTorch's convention: airbench's
+    0.6 is 0.4 here). None leaves the layers' own (PyTorch's 0.1)."""
+    if momentum is None:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum

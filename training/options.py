@@ -3,7 +3,13 @@ adapters that turn the flags into the training library's keywords."""
 
 import argparse
 
-from dataloader.augment import AUGMENTATIONS, Parameter, check_order, parameter_key
+from dataloader.augment import (
+    AUGMENTATIONS,
+    TEST_AUGMENTATIONS,
+    Parameter,
+    check_order,
+    parameter_key,
+)
 from dataloader.manifests import DEFAULT_DATA
 from models import INITS, SWITCHES, check_width, model_names, switch_kwargs
 from training.cli import (
@@ -135,9 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(DEFAULT_DATA),
         help="folder made by data/download_data.py (a relative path starts at the working folder)",
     )
-    # The flag of runs before the augmentation table, refused by name (argparse would
-    # otherwise take it for an abbreviation of --cutout-size).
+    # Flags of older runs, refused by name with today's spelling (argparse would otherwise
+    # take --cutout for an abbreviation of --cutout-size).
     add("--cutout", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add("--flip-eval", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     model = parser.add_argument_group("model").add_argument
     model("--model", default="fishnet99", choices=model_names(), help="the network")
     model("--width", type=model_width, default=1.0, help="channel multiplier (multiple of 1/16)")
@@ -195,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="linear warm-up in epochs (none given: 30%% of the run for onecycle, else none)",
     )
     recipe("--label-smoothing", type=fraction, default=0.0, help="label smoothing")
+    recipe(
+        "--bn-momentum",
+        type=fraction,
+        default=None,
+        help="weight of each batch in batch norm's running statistics (PyTorch's momentum; "
+        "none given: PyTorch's 0.1)",
+    )
     default_augment = ["crop-flip"]
     recipe(
         "--augment",
@@ -257,10 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate the test split after every epoch too (for time-to-accuracy)",
     )
     run(
-        "--flip-eval",
-        action=on_off,
-        default=False,
-        help="also score validation with horizontal-flip test-time augmentation",
+        "--test-augment",
+        nargs="+",
+        default=[],
+        choices=TEST_AUGMENTATIONS,
+        metavar="NAME",
+        help="also score every evaluated split with these test-time augmentations, each "
+        f"beside the plain score: {', '.join(TEST_AUGMENTATIONS)} (docs/recipes.md)",
     )
     speed = parser.add_argument_group("where and how fast").add_argument
     speed("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -323,6 +340,8 @@ def parse_args(
             f"--cutout {args.cutout}: give --augment NAME cutout --cutout-size N instead "
             "(--cutout 0: leave cutout out of --augment)"
         )
+    if "flip_eval" in args:
+        parser.error("--flip-eval: give --test-augment flip instead")
     if args.nesterov and (args.optimizer != "sgd" or args.momentum == 0):
         parser.error("--nesterov needs --optimizer sgd and a non-zero --momentum")
     if args.warmup_epochs is not None and args.warmup_epochs >= args.epochs:
@@ -400,16 +419,23 @@ def run_defining_fields(parser: argparse.ArgumentParser | None = None) -> list[s
 
 
 def upgrade_saved_args(saved: dict) -> dict:
-    """A checkpoint's flags in today's terms. Runs before the augmentation table recorded
-    --augment as one name and --cutout N (0: off) beside it: augment "crop-flip" with
-    cutout 8 is today's --augment crop-flip cutout --cutout-size 8."""
-    if not isinstance(saved.get("augment"), str):
-        return saved
-    upgraded = {key: value for key, value in saved.items() if key != "cutout"}
-    cutout_size = saved.get("cutout", 0)
-    before = [] if saved["augment"] == "none" and cutout_size else [saved["augment"]]
-    upgraded["augment"] = [*before, *(["cutout"] if cutout_size else [])]
-    upgraded["cutout_size"] = cutout_size or None
+    """A checkpoint's flags in today's terms.
+
+    - Runs before the augmentation table recorded --augment as one name and --cutout N (0:
+      off) beside it: augment "crop-flip" with cutout 8 is today's --augment crop-flip
+      cutout --cutout-size 8.
+    - Runs before the table of test-time augmentations recorded --flip-eval: today's
+      --test-augment flip.
+    """
+    upgraded = dict(saved)
+    if isinstance(saved.get("augment"), str):
+        upgraded.pop("cutout", None)
+        cutout_size = saved.get("cutout", 0)
+        before = [] if saved["augment"] == "none" and cutout_size else [saved["augment"]]
+        upgraded["augment"] = [*before, *(["cutout"] if cutout_size else [])]
+        upgraded["cutout_size"] = cutout_size or None
+    if "flip_eval" in saved:
+        upgraded["test_augment"] = ["flip"] if upgraded.pop("flip_eval") else []
     return upgraded
 
 
