@@ -9,6 +9,9 @@ train  training images per second and TFLOP/s of this repository's pipeline (dat
 tta    time to accuracy: trains a recipe (train.py's flags and presets) until the chosen
        split reaches each target top-1 or the time budget ends
 report the results table: presets over seeds, mean and spread of their test scores
+augment
+       the cost of each augmentation pipeline (loader alone, and a whole training step)
+       and of each test-time augmentation (an evaluation batch), side by side
 gpu-report
        one machine measured in one command within a time budget: train.py --preset fast,
        the training step at batch 512, eval.py and predict.py; OUT/report.md and the logs
@@ -47,6 +50,7 @@ from dataloader import (
     read_classes,
     read_manifest,
 )
+from dataloader.augment import TEST_AUGMENTATIONS, check_order
 from models import build_model, count_macs, model_names
 from training.checkpoint import checkpoints_in, refuse_existing_run
 from training.cli import (
@@ -75,6 +79,7 @@ from training.distributed import (
     shutdown_distributed,
 )
 from training.engine import TrainStep
+from training.metrics import evaluate
 from training.optim import make_optimizer
 from training.options import PRESETS, model_width, seed_number
 from training.options import parse_args as parse_train_args
@@ -315,6 +320,125 @@ def bench_train(args: argparse.Namespace) -> None:
         }
         write_text(args.json, json.dumps(figures, indent=1) + "\n")
     shutdown_distributed()
+
+
+# The pipelines bench.py augment compares by default: the CIFAR recipe first (the ratios'
+# reference), then each ingredient of the fast recipes added to it.
+DEFAULT_AUGMENT_PIPELINES = (
+    "crop-flip",
+    "crop alternating-flip",
+    "crop-flip cutout",
+    "crop-flip mixup",
+    "crop-flip cutmix",
+)
+
+
+def augment_pipelines(texts: list[str]) -> list[list[str]]:
+    """--pipelines: each a space-separated list of augmentations, checked as --augment is."""
+    pipelines = []
+    for text in texts:
+        names = text.split()
+        try:
+            check_order(names)
+        except ValueError as error:
+            raise UserError(f"--pipelines {text!r}: {error}") from None
+        pipelines.append(names)
+    return pipelines
+
+
+def bench_augment(args: argparse.Namespace) -> None:
+    """Times, in rounds that take the pipelines in turn (so a machine's drift touches them
+    alike): the loader alone, then whole training steps, of every pipeline; and evaluation
+    batches with every test-time augmentation. Medians over the rounds, with their range."""
+    pipelines = augment_pipelines(args.pipelines)
+    device = resolve_device(args.device)
+    amp = resolve_amp(args.amp, device)
+    torch.backends.cudnn.benchmark = True
+    images, labels = load_split(args.data, "train")
+    if len(labels) < args.batch_size:
+        raise UserError(
+            f"--batch-size {args.batch_size} is more than the {len(labels)} training images "
+            f"of {args.data}; use a smaller --batch-size"
+        )
+    mean, std = channel_stats(images)
+    classes = len(read_classes(args.data))
+    common = {"mean": mean, "std": std, "device": device, "channels_last": True}
+
+    def fresh_model() -> nn.Module:
+        torch.manual_seed(0)
+        model = build_model(args.model, num_classes=classes, width=args.width).to(device)
+        return model.to(memory_format=torch.channels_last)
+
+    runs = {}
+    for names in pipelines:
+        loader = DeviceLoader(images, labels, args.batch_size, train=True, augment=names,
+                              num_classes=classes, drop_last=True, **common)  # fmt: skip
+        model = fresh_model()
+        step = TrainStep(model, make_optimizer(model), nn.CrossEntropyLoss(), device, amp)
+        runs[" ".join(names)] = (forever(loader), step)
+    log(
+        f"{args.model} (width {args.width}), batch {args.batch_size}, {device_name(device)}, "
+        f"{amp}, eager; {args.rounds} rounds of {args.steps} steps per pipeline, after "
+        f"{args.warmup} untimed"
+    )
+    for batches, step in runs.values():
+        time_steps(step, batches, device, args.warmup)
+    loader_ms = {name: [] for name in runs}
+    step_ms = {name: [] for name in runs}
+    for _ in range(args.rounds):
+        for name, (batches, step) in runs.items():
+            synchronize(device)
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                next(batches)
+            synchronize(device)
+            loader_ms[name].append(1000 * (time.perf_counter() - started) / args.steps)
+            seconds, _ = time_steps(step, batches, device, args.steps)
+            step_ms[name].append(1000 * seconds / args.steps)
+    reference = statistics.median(step_ms[next(iter(runs))])
+    rows = [
+        [
+            name,
+            _median_and_range(loader_ms[name], 2),
+            _median_and_range(step_ms[name], 1),
+            f"{statistics.median(step_ms[name]) / reference:.2f}",
+        ]
+        for name in runs
+    ]
+    header = ["--augment", "loader ms/batch", "training step ms", "step / first"]
+    print(markdown_table(header, rows), flush=True)
+
+    test_images, test_labels = load_split(args.data, "test")
+    evaluated = (
+        test_images[: args.batch_size * args.steps],
+        test_labels[: args.batch_size * args.steps],
+    )
+    test_loader = DeviceLoader(*evaluated, args.batch_size, train=False, **common)
+    model = fresh_model()
+    choices = [[], *([name] for name in TEST_AUGMENTATIONS)]
+    for names in choices:
+        evaluate(model, test_loader, classes, device, amp, test_augment=names)  # warm-up
+    eval_ms = {" ".join(names) or "none": [] for names in choices}
+    for _ in range(args.rounds):
+        for names in choices:
+            synchronize(device)
+            started = time.perf_counter()
+            evaluate(model, test_loader, classes, device, amp, test_augment=names)
+            eval_ms[" ".join(names) or "none"].append(
+                1000 * (time.perf_counter() - started) / len(test_loader)
+            )
+    reference = statistics.median(eval_ms["none"])
+    rows = [
+        [name, _median_and_range(times, 1), f"{statistics.median(times) / reference:.2f}"]
+        for name, times in eval_ms.items()
+    ]
+    print()
+    print(markdown_table(["--test-augment", "evaluation ms/batch", "batch / none"], rows))
+
+
+def _median_and_range(values: list[float], digits: int) -> str:
+    low, middle, high = min(values), statistics.median(values), max(values)
+    return f"{middle:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
 def check_train_flags(flags: list[str], outs: list[Path]) -> argparse.Namespace:
@@ -965,6 +1089,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="folder for the best run's acc.png and loss.png (none given: OUT; "
         "the README's figures: fig)",
     )
+
+    augment = subcommand(
+        "augment",
+        "the cost of each augmentation pipeline and test-time augmentation, side by side",
+        bench_augment,
+    )
+    augment.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared dataset")
+    augment.add_argument("--model", default="fishnet99", choices=model_names(), help="the network")
+    augment.add_argument("--width", type=model_width, default=1.0, help="channel multiplier")
+    augment.add_argument("--batch-size", type=batch_size, default=256, help="images per batch")
+    augment.add_argument(
+        "--pipelines",
+        nargs="+",
+        default=list(DEFAULT_AUGMENT_PIPELINES),
+        metavar="'NAME ...'",
+        help="the --augment lists to compare, each in quotes; the first is the reference "
+        f"(default: {', '.join(repr(p) for p in DEFAULT_AUGMENT_PIPELINES)})",
+    )
+    augment.add_argument("--steps", type=step_count, default=10, help="timed steps per round")
+    augment.add_argument("--rounds", type=step_count, default=3, help="rounds over the pipelines")
+    augment.add_argument("--warmup", type=step_count, default=2, help="untimed steps first")
+    augment.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    augment.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="precision")
 
     gpu = subcommand(
         "gpu-report",

@@ -7,8 +7,10 @@ import pytest
 import torch
 from conftest import run_script
 
+import bench
 from training.distributed import device_name
 from training.options import parse_args as parse_train_args
+from utils import UserError
 
 CPU_SMALL = ["--width", "0.25", "--device", "cpu"]
 
@@ -60,3 +62,25 @@ def test_presets_set_defaults_that_flags_override():
     assert parse_train_args(["--preset", "fast", "--epochs", "3"]).epochs == 3
     seed = parse_train_args([])
     assert (seed.schedule, seed.batch_size, seed.epochs, seed.lr) == ("step", 256, 100, 0.1)
+
+
+@pytest.mark.slow
+def test_bench_augment_times_every_pipeline_and_test_time_augmentation(
+    synthetic_cifar10_dir, capsys
+):
+    pipelines = ["crop-flip", "crop alternating-flip", "crop-flip mixup"]
+    bench.main(["augment", "--data", str(synthetic_cifar10_dir), *CPU_SMALL, "--batch-size", "8",
+                "--steps", "1", "--rounds", "2", "--warmup", "1",
+                "--pipelines", *pipelines])  # fmt: skip
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\| ([a-z -]+) \| ([\d.]+) \([\d.]+-[\d.]+\) \|", out, re.M)
+    names = [name for name, _ in rows]
+    assert names == ["crop-flip", "crop alternating-flip", "crop-flip mixup", "none", "flip",
+                     "translate"]  # fmt: skip
+    assert all(float(ms) > 0 for _, ms in rows)
+    assert re.search(r"^\| crop-flip \| .* \| 1\.00 \|$", out, re.M)
+
+
+def test_bench_augment_refuses_a_pipeline_train_py_would_refuse():
+    with pytest.raises(UserError, match=r"--pipelines 'mixup cutmix': mixup and cutmix both mix"):
+        bench.main(["augment", "--pipelines", "crop-flip", "mixup cutmix"])
