@@ -195,15 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="linear warm-up in epochs (none given: 30%% of the run for onecycle, else none)",
     )
     recipe("--label-smoothing", type=fraction, default=0.0, help="label smoothing")
-    default_augment = ["crop-flip"]
     recipe(
         "--augment",
         nargs="+",
-        default=default_augment,
+        default=["crop-flip"],
         choices=AUGMENTATIONS,
         metavar="NAME",
         help="augmentations of every training image, applied in the order given: "
-        f"{', '.join(AUGMENTATIONS)} (default: {' '.join(default_augment)})",
+        f"{', '.join(AUGMENTATIONS)}",
     )
     for key, (name, parameter) in AUGMENT_PARAMETERS.items():
         recipe(
