@@ -47,7 +47,7 @@ def test_every_flag_belongs_to_a_group_with_a_rule():
         if not isinstance(action, argparse._HelpAction)
     ]
     # --cutout: the flag of runs before the augmentation table, hidden and refused by name.
-    assert sorted(ungrouped) == ["cutout", "data", "overwrite", "preset", "resume"]
+    assert sorted(ungrouped) == ["config", "cutout", "data", "overwrite", "preset", "resume"]
 
 
 def test_resume_still_names_a_changed_model_flag():
