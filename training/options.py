@@ -485,11 +485,13 @@ def _config_value(parser: argparse.ArgumentParser, action: argparse.Action, valu
         return None
     if action.nargs == 0:  # --x / --no-x, or a flag that only turns something on
         if not isinstance(value, bool):
-            raise ValueError(f"must be true or false, got {json.dumps(value, default=str)}")
+            raise ValueError(f"must be true or false, got {_shown_config_value(value)}")
         return value
     if action.nargs == "+":
         if not isinstance(value, list) or not value:
-            raise ValueError(f"must be a list of values, got {json.dumps(value, default=str)}")
+            raise ValueError(
+                f"must be a list of one or more values, got {_shown_config_value(value)}"
+            )
         return [_one_config_value(parser, action, item) for item in value]
     return _one_config_value(parser, action, value)
 
@@ -502,7 +504,7 @@ def _one_config_value(parser: argparse.ArgumentParser, action: argparse.Action, 
             if action.choices
             else "a number or a text"
         )
-        raise ValueError(f"must be {expected}, got {json.dumps(value, default=str)}")
+        raise ValueError(f"must be {expected}, got {_shown_config_value(value)}")
     # argparse's own conversion and check, so a value is refused as its flag would be.
     try:
         converted = parser._get_value(action, str(value))
@@ -510,6 +512,16 @@ def _one_config_value(parser: argparse.ArgumentParser, action: argparse.Action, 
     except argparse.ArgumentError as error:
         raise ValueError(error.message) from None
     return converted
+
+
+def _shown_config_value(value: object) -> str:
+    """A value of a config file in a message: a scalar as JSON writes it, a list or mapping
+    by its kind (YAML's aliases can make one that takes gigabytes to write out)."""
+    if isinstance(value, list):
+        return "a list" if value else "an empty list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return json.dumps(value, default=str)
 
 
 def recorded_args(args: argparse.Namespace) -> dict:
