@@ -230,7 +230,7 @@ def train_in_process(*flags) -> None:
 def test_a_run_reproduced_from_its_args_json_has_the_same_history(synthetic_cifar10_dir, tmp_path):
     first, again = tmp_path / "first", tmp_path / "again"
     train_in_process("--data", synthetic_cifar10_dir, "--out", first, "--device", "cpu",
-                     "--width", "0.0625", "--batch-size", "16", "--epochs", "2", "--seed", "3",
+                     "--width", "0.0625", "--batch-size", "32", "--epochs", "2", "--seed", "3",
                      "--schedule", "cosine", "--deterministic")  # fmt: skip
     train_in_process("--config", first / "args.json", "--out", again)
 
