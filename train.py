@@ -67,6 +67,7 @@ from training.options import (
     default_out,
     optimizer_kwargs,
     parse_args,
+    recorded_args,
     resume_mismatches,
     scheduler_kwargs,
 )
@@ -218,7 +219,10 @@ def claim_output(
     if main_process:
         for path in [*(out / name for name in OUTPUT_FILES), *out.glob("confusion_*.png")]:
             path.unlink(missing_ok=True)
-        record = {"command": rerun_command("train.py", drop=("--overwrite",)), "args": vars(args)}
+        record = {
+            "command": rerun_command("train.py", drop=("--overwrite",)),
+            "args": recorded_args(args),
+        }
         write_text(out / "args.json", json.dumps(record, indent=1) + "\n")
     return lock, None
 
@@ -581,7 +585,7 @@ class Run:
             "classes": data.classes,
             "dataset": data.fingerprint,
             "normalization": data.normalization,
-            "args": vars(self.args),
+            "args": recorded_args(self.args),
             **self.state.state_dict(),
             "epoch": epoch,
         }

@@ -47,7 +47,8 @@ def test_every_flag_belongs_to_a_group_with_a_rule():
         if not isinstance(action, argparse._HelpAction)
     ]
     # --cutout, --flip-eval: flags of older runs, hidden and refused by name.
-    assert sorted(ungrouped) == ["cutout", "data", "flip_eval", "overwrite", "preset", "resume"]
+    expected = ["config", "cutout", "data", "flip_eval", "overwrite", "preset", "resume"]
+    assert sorted(ungrouped) == expected
 
 
 def test_resume_still_names_a_changed_model_flag():

@@ -3,6 +3,7 @@ output paths checked before the work, child processes that end with their parent
 
 import argparse
 import contextlib
+import copy
 import functools
 import math
 import os
@@ -116,6 +117,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.help is None or "default" in action.help:
             return action.help or ""
         return super()._get_help_string(action)
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        # A list default (--augment's, which a preset or a config file may set) as the
+        # command line writes it: crop-flip cutout, not ['crop-flip', 'cutout'].
+        if isinstance(action.default, list):
+            action = copy.copy(action)
+            action.default = " ".join(map(str, action.default))
+        return super()._expand_help(action)
 
 
 def python_command() -> str:

@@ -1,7 +1,10 @@
-"""train.py's flags, the named recipes (presets), what must match on --resume, and the
-adapters that turn the flags into the training library's keywords."""
+"""train.py's flags, the named recipes (presets), config files (--config), what must match on
+--resume, and the adapters that turn the flags into the training library's keywords."""
 
 import argparse
+import difflib
+import json
+from pathlib import Path
 
 from dataloader.augment import (
     AUGMENTATIONS,
@@ -24,7 +27,7 @@ from training.cli import (
 from training.distributed import DEFAULT_TIMEOUT_SECONDS
 from training.optim import OPTIMIZERS, SCHEDULES
 from training.precision import AMP_CHOICES
-from utils import UserError
+from utils import UserError, one_line, read_regular_file
 
 # The recipes, airbench-style: every hyperparameter a preset sets, with its unit, beside
 # it. A preset replaces the defaults; flags given on the command line win. The evidence
@@ -82,6 +85,14 @@ AUGMENT_PARAMETERS = {
 # reproduces it.
 RUN_DEFINING_GROUPS = ("model", "FishNet ablation switches", "recipe")
 
+# What this invocation does with the run folder, not settings of the run: args.json does not
+# record them, and a config file may hold them only off (older args.json files do), so that
+# rerunning a run's record never continues or replaces a run unasked.
+INVOCATION_FLAGS = ("config", "resume", "overwrite")
+# A config file is a few kilobytes; the bound keeps a device or a huge file from hanging the
+# parser or filling memory.
+MAX_CONFIG_BYTES = 1 << 20
+
 
 # Upper bounds of the flags whose larger values would only hang, overflow or exhaust the
 # machine (a run of a million epochs, a network 100 times as wide, a seed torch cannot take).
@@ -135,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PRESET,
         choices=PRESETS,
         help="a named recipe; flags override it, and --help shows its values as the defaults",
+    )
+    add(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="a run's args.json, or a YAML or JSON file of flags by their names with "
+        "underscores (batch_size: 64): its values replace the preset's (its preset is the "
+        "one used unless --preset is given), flags override them, and --help shows them "
+        "as the defaults",
     )
     add(
         "--data",
@@ -209,15 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of each batch in batch norm's running statistics (PyTorch's momentum; "
         "none given: PyTorch's 0.1)",
     )
-    default_augment = ["crop-flip"]
     recipe(
         "--augment",
         nargs="+",
-        default=default_augment,
+        default=["crop-flip"],
         choices=AUGMENTATIONS,
         metavar="NAME",
         help="augmentations of every training image, applied in the order given: "
-        f"{', '.join(AUGMENTATIONS)} (default: {' '.join(default_augment)})",
+        f"{', '.join(AUGMENTATIONS)}",
     )
     for key, (name, parameter) in AUGMENT_PARAMETERS.items():
         recipe(
@@ -331,9 +350,12 @@ def parse_args(
             )
 
         parser.error = refuse
-    preset = _preset_parser(parser).parse_known_args(argv)[0].preset
-    # Set before parsing, so that --help shows the preset's values as the defaults.
-    parser.set_defaults(**PRESETS[preset])
+    early = _early_parser(parser).parse_known_args(argv)[0]
+    config = read_config(early.config, parser) if early.config is not None else {}
+    # Set before parsing, so that --help shows the preset's values as the defaults, and the
+    # config's over them.
+    parser.set_defaults(**PRESETS[early.preset or config.get("preset", DEFAULT_PRESET)])
+    parser.set_defaults(**config)
     args = parser.parse_args(argv)
     if "cutout" in args:
         parser.error(
@@ -350,11 +372,18 @@ def parse_args(
         check_order(args.augment)
     except ValueError as error:
         parser.error(f"--augment: {error}")
+    given = _given_on_command_line(argv) if config else None
     for key, (name, parameter) in AUGMENT_PARAMETERS.items():
-        if name not in args.augment and getattr(args, key) is not None:
-            parser.error(f"{_flag(key)} needs {name} in --augment")
-        if name in args.augment and getattr(args, key) is None:
-            setattr(args, key, parameter.default)
+        if name in args.augment:
+            if getattr(args, key) is None:
+                setattr(args, key, parameter.default)
+        elif getattr(args, key) is not None:
+            if given is None or key in given:
+                parser.error(f"{_flag(key)} needs {name} in --augment")
+            if "augment" not in given:
+                parser.error(f"--config {args.config}: {key} needs {name} in augment")
+            # The config's parameter of an augmentation that --augment leaves out.
+            setattr(args, key, None)
     try:
         switch_kwargs(args.model, vars(args))
     except ValueError as error:
@@ -370,14 +399,154 @@ def default_out(model: str, preset: str) -> str:
     return f"runs/{model}-{preset}"
 
 
-def _preset_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """A parser of --preset alone, with ``parser``'s messages (a wrong preset is reported as
-    train.py's, or as the passing program's): it reads the preset before --help is acted
-    on."""
-    preset = argparse.ArgumentParser(prog=parser.prog, add_help=False)
-    preset.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS)
-    preset.error = parser.error
-    return preset
+def _early_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """A parser of --preset and --config alone, with ``parser``'s messages (a wrong preset is
+    reported as train.py's, or as the passing program's): it reads them before --help is
+    acted on. A preset not given is None, so that the config's preset can stand in."""
+    early = argparse.ArgumentParser(prog=parser.prog, add_help=False)
+    early.add_argument("--preset", choices=PRESETS)
+    early.add_argument("--config")
+    early.error = parser.error
+    return early
+
+
+def _given_on_command_line(argv: list[str] | None) -> set[str]:
+    """The destinations of the flags that ``argv`` gives (a valid command line)."""
+    parser = build_parser()
+    # Not set_defaults: argparse would put its defaults in the namespace, SUPPRESS included.
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(argv)[0]))
+
+
+def read_config(file: str, parser: argparse.ArgumentParser) -> dict:
+    """The values of ``parser``'s flags that a config file sets, by destination, checked as
+    strictly as the flags are; any mistake is ``parser.error`` naming the file (and the key).
+
+    A .json file is a train.py ``args.json`` (its ``args``, upgraded to today's flags; a
+    run-defining flag it lacks did not exist then, and takes the default that reproduces
+    the run) or any other JSON object; a .yaml or .yml file is a YAML mapping.
+    """
+    where = f"--config {file}"
+    suffix = Path(file).suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml"):
+        parser.error(f"{where}: not a .json, .yaml or .yml file")
+    try:
+        text = read_regular_file(Path(file), MAX_CONFIG_BYTES).decode()
+    except OSError as error:
+        parser.error(f"{where}: cannot read it ({error.strerror or one_line(error)})")
+    except ValueError as error:  # not a regular file, too large, not UTF-8
+        parser.error(f"{where}: cannot read it ({one_line(error)})")
+    if suffix == ".json":
+        try:
+            mapping = json.loads(text)
+        except ValueError as error:
+            parser.error(f"{where}: not JSON ({one_line(error)})")
+    else:
+        try:
+            import yaml
+        except ImportError:
+            parser.error(f"{where}: reading YAML needs the package PyYAML (pip install pyyaml)")
+        try:
+            mapping = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            # The problem and its line; the first line of the message is often only context.
+            problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if problem and mark else ""
+            parser.error(f"{where}: not YAML ({problem or one_line(error)}{at})")
+    if not isinstance(mapping, dict):
+        parser.error(f"{where}: not a mapping of flags to values")
+    record = mapping.keys() == {"command", "args"} and isinstance(mapping["args"], dict)
+    if record:
+        mapping = mapping["args"]
+    actions = {
+        action.dest: action for action in parser._actions if action.default is not argparse.SUPPRESS
+    }
+    config = {}
+    for key, value in upgrade_saved_args(mapping).items():
+        if key not in actions:
+            parser.error(f"{where}: unknown key {key!r}{_key_hint(key, actions)}")
+        if key in INVOCATION_FLAGS:
+            if value is not None and value is not False:
+                parser.error(
+                    f"{where}: {key} is not a setting of a run; give {_flag(key)} on the "
+                    "command line"
+                )
+            continue
+        try:
+            config[key] = _config_value(parser, actions[key], value)
+        except ValueError as error:
+            hint = ""
+            if isinstance(value, bool) and suffix != ".json":
+                hint = " (YAML reads unquoted on, off, yes and no as booleans: quote them)"
+            parser.error(f"{where}: {key}: {error}{hint}")
+    if record:
+        for key in run_defining_fields(parser):
+            config.setdefault(key, parser.get_default(key))
+    return config
+
+
+def _key_hint(key: object, keys: dict) -> str:
+    """What an unknown key of a config file may have meant."""
+    if isinstance(key, str) and key.replace("-", "_") in keys:
+        return f" (keys are the flags' names with underscores: {key.replace('-', '_')})"
+    close = difflib.get_close_matches(str(key), keys, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _config_value(parser: argparse.ArgumentParser, action: argparse.Action, value: object):
+    """``value`` of a config file as ``action``'s flag takes it: null only where the flag's
+    default is none, a boolean for an on/off flag, a list for a flag of several values, and
+    each value through the flag's type and choices; ValueError says what is wrong."""
+    if value is None:
+        if action.default is not None:
+            raise ValueError(f"null, but {action.option_strings[0]} needs a value")
+        return None
+    if action.nargs == 0:  # --x / --no-x, or a flag that only turns something on
+        if not isinstance(value, bool):
+            raise ValueError(f"must be true or false, got {_shown_config_value(value)}")
+        return value
+    if action.nargs == "+":
+        if not isinstance(value, list) or not value:
+            raise ValueError(
+                f"must be a list of one or more values, got {_shown_config_value(value)}"
+            )
+        return [_one_config_value(parser, action, item) for item in value]
+    return _one_config_value(parser, action, value)
+
+
+def _one_config_value(parser: argparse.ArgumentParser, action: argparse.Action, value: object):
+    """One value through the flag's type (given its command-line text) and choices."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        expected = (
+            f"one of {', '.join(map(str, action.choices))}"
+            if action.choices
+            else "a number or a text"
+        )
+        raise ValueError(f"must be {expected}, got {_shown_config_value(value)}")
+    # argparse's own conversion and check, so a value is refused as its flag would be.
+    try:
+        converted = parser._get_value(action, str(value))
+        parser._check_value(action, converted)
+    except argparse.ArgumentError as error:
+        raise ValueError(error.message) from None
+    return converted
+
+
+def _shown_config_value(value: object) -> str:
+    """A value of a config file in a message: a scalar as JSON writes it, a list or mapping
+    by its kind (YAML's aliases can make one that takes gigabytes to write out)."""
+    if isinstance(value, list):
+        return "a list" if value else "an empty list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return json.dumps(value, default=str)
+
+
+def recorded_args(args: argparse.Namespace) -> dict:
+    """The flags that args.json and the checkpoints record: the run's settings, without
+    what this invocation did with the run folder (:data:`INVOCATION_FLAGS`)."""
+    return {key: value for key, value in vars(args).items() if key not in INVOCATION_FLAGS}
 
 
 def optimizer_kwargs(args: argparse.Namespace) -> dict:
