@@ -244,3 +244,20 @@ def test_a_run_reproduced_from_its_args_json_has_the_same_history(synthetic_cifa
     assert without_timing(a["history"]) == without_timing(b["history"])
     for key, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][key]), key
+
+
+def test_the_recipe_ingredients_in_a_config(tmp_path):
+    yaml_text = (
+        "augment: [crop, alternating-flip, mixup]\nmixup_alpha: 0.2\nbn_momentum: 0.4\n"
+        "schedule: linear\ntest_augment: [flip, translate]\n"
+    )
+    args = parse_args(["--config", write(tmp_path / "c.yaml", yaml_text)])
+    assert (args.crop_padding, args.mixup_alpha, args.bn_momentum) == (4, 0.2, 0.4)
+    assert (args.schedule, args.test_augment) == ("linear", ["flip", "translate"])
+    # None: the empty list --test-augment stands for; a run recorded with --flip-eval.
+    assert (
+        parse_args(["--config", write(tmp_path / "n.json", {"test_augment": []})]).test_augment
+        == []
+    )
+    record = {"command": "train.py --flip-eval", "args": {"flip_eval": True}}
+    assert parse_args(["--config", write(tmp_path / "r.json", record)]).test_augment == ["flip"]

@@ -507,7 +507,8 @@ def _config_value(parser: argparse.ArgumentParser, action: argparse.Action, valu
             raise ValueError(f"must be true or false, got {_shown_config_value(value)}")
         return value
     if action.nargs == "+":
-        if not isinstance(value, list) or not value:
+        # An empty list only where the flag's default is one (--test-augment: none).
+        if not isinstance(value, list) or not (value or action.default == []):
             raise ValueError(
                 f"must be a list of one or more values, got {_shown_config_value(value)}"
             )
