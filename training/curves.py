@@ -75,8 +75,8 @@ class TrainingCurves:
 
         A resumed run's writer starts with a purge mark: TensorBoard's readers then hide
         what a killed process wrote after its last checkpoint (steps past ``steps_done``),
-        which this run writes again. The update at ``steps_done`` itself, written before
-        that checkpoint (a stop's, or the end of an epoch), is kept.
+        which this run writes again. The update at ``steps_done`` itself (a stop's, or an
+        epoch's last), on disk before that checkpoint was written, is kept.
         """
         summary_writer = require_tensorboard()
         writer = summary_writer(
@@ -104,6 +104,8 @@ class TrainingCurves:
         scalars["train/images_per_sec"] = images / (now - self.window_started)
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
+        # On disk before a stop's checkpoint is written, which a resumed run keeps it for.
+        self.writer.flush()
         self.window_sums, self.window_images, self.window_started = sums, progress.samples, now
 
     def log_epoch(self, row: dict) -> None:
