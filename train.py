@@ -14,6 +14,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -33,6 +34,7 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.cli import rerun_command, run_cli
+from training.curves import CURVES_FOLDER, TrainingCurves, require_tensorboard
 from training.distributed import (
     device_name,
     distribute,
@@ -100,6 +102,8 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
     out, main_process = Path(args.out), rank == 0
     if args.sync_bn and device.type != "cuda":
         raise UserError("--sync-bn needs CUDA GPUs: SyncBatchNorm has no CPU implementation")
+    if args.tensorboard:
+        require_tensorboard()
     # The data is checked before the output folder is touched: a missing dataset leaves
     # nothing behind that the next attempt would stumble on.
     fingerprint = dataset_fingerprint(args)
@@ -124,61 +128,81 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
         images_left = data.train.num_samples * world_size * (args.epochs - state.epoch)
         warn_if_long_on_cpu(args, run.model, images_left)
     clock = EpochClock(epochs_left=args.epochs - state.epoch)
-    for epoch in range(state.epoch, args.epochs):
-        data.train.set_epoch(epoch)
-        progress = run.epoch_progress(data.train, rank, device)
-        first = epoch == args.epochs - clock.epochs_left
-        try:
-            train_one_epoch(
-                run.step,
-                data.train,
-                run.scheduler,
-                progress,
-                stop,
-                epoch=epoch,
-                clock=clock if first else None,
-            )
-        except Interrupted as stopped:
-            run.save_interrupted(epoch, stopped, data, out, main_process, world_size)
-            raise SystemExit(128 + stopped.signum) from None
-        except UserError:
-            if main_process:
-                run.save_unsaved(out)
-            raise
-        started = time.perf_counter()
-        row = {"epoch": epoch + 1, "lr_start": progress.lr, **progress.summary()}
-        try:
-            for split, loader in data.monitored.items():
-                scores = evaluate(
-                    run.eval_model,
-                    loader,
-                    data.num_classes,
-                    device,
-                    run.amp,
-                    test_augment=args.test_augment,
-                    desc=f"{split} after epoch {epoch + 1}",
-                    should_stop=lambda: stop.signal is not None,
-                )
-                row.update({f"{split}_{key}": scores[key] for key in score_keys(args.test_augment)})
-        except EvaluationStopped:
-            # The epoch's training is saved as an epoch interrupted at its end: --resume
-            # runs only its evaluation. Waiting for the evaluation could outlast the grace
-            # period of a container or scheduler, which then kills the run.
-            stopped = Interrupted(stop.signal or signal.SIGTERM, progress)
-            run.save_interrupted(epoch, stopped, data, out, main_process, world_size)
-            raise SystemExit(128 + stopped.signum) from None
-        eval_time = time.perf_counter() - started
-        row.update(
-            images_per_sec=progress.samples / progress.seconds,
-            epoch_time=progress.seconds,
-            startup_time=progress.startup_seconds,
-            eval_time=eval_time,
-            elapsed=run.elapsed() + progress.seconds + eval_time,
+    curves = None
+    if args.tensorboard and main_process:
+        curves = TrainingCurves.open(
+            out,
+            run.step.optimizer,
+            len(data.train),
+            data.monitored,
+            steps_done=run.steps_done(len(data.train)),
         )
-        if first and run.step.compile_watch is not None:
-            row.update(run.step.compile_watch.outcome().numbers())
-        is_best = run.finish_epoch(row, data, out, main_process)
-        log(describe_epoch(row, args.epochs, is_best))
+    try:
+        for epoch in range(state.epoch, args.epochs):
+            data.train.set_epoch(epoch)
+            progress = run.epoch_progress(data.train, rank, device)
+            if curves is not None:
+                curves.start_epoch(epoch, progress)
+            first = epoch == args.epochs - clock.epochs_left
+            try:
+                train_one_epoch(
+                    run.step,
+                    data.train,
+                    run.scheduler,
+                    progress,
+                    stop,
+                    epoch=epoch,
+                    clock=clock if first else None,
+                    on_progress=curves.log_progress if curves is not None else None,
+                )
+            except Interrupted as stopped:
+                run.save_interrupted(epoch, stopped, data, out, main_process, world_size)
+                raise SystemExit(128 + stopped.signum) from None
+            except UserError:
+                if main_process:
+                    run.save_unsaved(out)
+                raise
+            started = time.perf_counter()
+            row = {"epoch": epoch + 1, "lr_start": progress.lr, **progress.summary()}
+            try:
+                for split, loader in data.monitored.items():
+                    scores = evaluate(
+                        run.eval_model,
+                        loader,
+                        data.num_classes,
+                        device,
+                        run.amp,
+                        test_augment=args.test_augment,
+                        desc=f"{split} after epoch {epoch + 1}",
+                        should_stop=lambda: stop.signal is not None,
+                    )
+                    row.update(
+                        {f"{split}_{key}": scores[key] for key in score_keys(args.test_augment)}
+                    )
+            except EvaluationStopped:
+                # The epoch's training is saved as an epoch interrupted at its end: --resume
+                # runs only its evaluation. Waiting for the evaluation could outlast the grace
+                # period of a container or scheduler, which then kills the run.
+                stopped = Interrupted(stop.signal or signal.SIGTERM, progress)
+                run.save_interrupted(epoch, stopped, data, out, main_process, world_size)
+                raise SystemExit(128 + stopped.signum) from None
+            eval_time = time.perf_counter() - started
+            row.update(
+                images_per_sec=progress.samples / progress.seconds,
+                epoch_time=progress.seconds,
+                startup_time=progress.startup_seconds,
+                eval_time=eval_time,
+                elapsed=run.elapsed() + progress.seconds + eval_time,
+            )
+            if first and run.step.compile_watch is not None:
+                row.update(run.step.compile_watch.outcome().numbers())
+            if curves is not None:
+                curves.log_epoch(row)
+            is_best = run.finish_epoch(row, data, out, main_process)
+            log(describe_epoch(row, args.epochs, is_best))
+    finally:
+        if curves is not None:
+            curves.close()
     log(f"done: {run.describe_result()}; checkpoints, history and plots in {out}")
     wait_for_all_processes()
     lock.release()
@@ -219,6 +243,9 @@ def claim_output(
     if main_process:
         for path in [*(out / name for name in OUTPUT_FILES), *out.glob("confusion_*.png")]:
             path.unlink(missing_ok=True)
+        # An old run's curves would run on into the new run's.
+        if (out / CURVES_FOLDER).is_dir():
+            shutil.rmtree(out / CURVES_FOLDER)
         record = {
             "command": rerun_command("train.py", drop=("--overwrite",)),
             "args": recorded_args(args),
@@ -484,6 +511,14 @@ class Run:
         step = self.state.partial["loaders"][rank]["step"] if self.state.partial else 0
         where = "its evaluation" if step == len(data.train) else f"step {step + 1}"
         log(f"resuming {path.parent} at epoch {self.state.epoch + 1}, {where}")
+
+    def steps_done(self, steps_per_epoch: int) -> int:
+        """The optimizer steps taken so far: the finished epochs' and those of an
+        interrupted one."""
+        partial = self.state.partial
+        return steps_per_epoch * self.state.epoch + (
+            partial["loaders"][0]["step"] if partial else 0
+        )
 
     def epoch_progress(
         self, loader: DeviceLoader, rank: int, device: torch.device

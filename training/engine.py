@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -289,12 +290,16 @@ def train_one_epoch(
     *,
     epoch: int,
     clock: EpochClock | None = None,
+    on_progress: Callable[[int, EpochProgress], None] | None = None,
 ) -> EpochProgress:
     """Trains until the loader's epoch ends; raises :class:`Interrupted` on a stop request
     and a UserError on a non-finite loss or when the GPU runs out of memory.
 
     ``clock``, given for the first epoch a process runs, times the start-up steps and
-    prints an estimate of the run's duration before the epoch ends.
+    prints an estimate of the run's duration before the epoch ends. ``on_progress(index,
+    progress)`` is called at every progress update, after step ``index`` (counted from 0 in
+    the epoch), the update at a stop request included: the device has finished the steps
+    then, so reading the sums costs no extra wait.
     """
     device = progress.sums.device
     first_nonfinite = torch.full((), NO_STEP, device=device)
@@ -330,6 +335,8 @@ def train_one_epoch(
                         "last good state (try a lower --lr)"
                     )
                 values = progress.values()
+                if on_progress is not None:
+                    on_progress(index, progress)
                 bar.set_postfix(
                     {key: f"{values[key]:{shown}}" for key, shown in PROGRESS_BAR.items()}
                 )

@@ -298,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also score every evaluated split with these test-time augmentations, each "
         f"beside the plain score: {', '.join(TEST_AUGMENTATIONS)} (docs/recipes.md)",
     )
+    run(
+        "--tensorboard",
+        action=on_off,
+        default=False,
+        help="write the training curves (at every progress update) and every epoch's scores "
+        "as TensorBoard event files into OUT/tensorboard/ (needs pip install tensorboard)",
+    )
     speed = parser.add_argument_group("where and how fast").add_argument
     speed("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     speed(
