@@ -85,7 +85,7 @@ def epoch_mean_of_windows(curves: dict, epoch: int) -> float:
 @pytest.mark.slow
 def test_every_progress_update_and_epoch_is_one_point(synthetic_cifar10_dir, tmp_path):
     out = tmp_path / "run"
-    train_in_process(synthetic_cifar10_dir, out, "--tensorboard", "--flip-eval")
+    train_in_process(synthetic_cifar10_dir, out, "--tensorboard", "--test-augment", "flip")
     curves = read_curves(out)
     for tag in PROGRESS_TAGS:
         assert steps(curves[tag]) == UPDATES, tag
