@@ -165,20 +165,7 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
             started = time.perf_counter()
             row = {"epoch": epoch + 1, "lr_start": progress.lr, **progress.summary()}
             try:
-                for split, loader in data.monitored.items():
-                    scores = evaluate(
-                        run.eval_model,
-                        loader,
-                        data.num_classes,
-                        device,
-                        run.amp,
-                        test_augment=args.test_augment,
-                        desc=f"{split} after epoch {epoch + 1}",
-                        should_stop=lambda: stop.signal is not None,
-                    )
-                    row.update(
-                        {f"{split}_{key}": scores[key] for key in score_keys(args.test_augment)}
-                    )
+                row.update(run.score(data, epoch, stop))
             except EvaluationStopped:
                 # The epoch's training is saved as an epoch interrupted at its end: --resume
                 # runs only its evaluation. Waiting for the evaluation could outlast the grace
@@ -478,6 +465,25 @@ class Run:
         return cls(
             args, {"name": args.model, "kwargs": kwargs}, model, step, scheduler, state, amp, note
         )
+
+    def score(self, data: Data, epoch: int, stop: StopRequest) -> dict:
+        """Every monitored split's scores after ``epoch`` (counted from 0) by their history
+        keys (valid_top1, valid_flip_top1, ...); EvaluationStopped on a stop request."""
+        row = {}
+        for split, loader in data.monitored.items():
+            scores = evaluate(
+                self.eval_model,
+                loader,
+                data.num_classes,
+                self.step.device,
+                self.amp,
+                test_augment=self.args.test_augment,
+                desc=f"{split} after epoch {epoch + 1}",
+                should_stop=lambda: stop.signal is not None,
+            )
+            keys = score_keys(self.args.test_augment)
+            row.update({f"{split}_{key}": scores[key] for key in keys})
+        return row
 
     def restore(self, checkpoint: dict, path: Path, data: Data, rank: int, world_size: int) -> None:
         try:
