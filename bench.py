@@ -339,9 +339,13 @@ def augment_pipelines(texts: list[str]) -> list[list[str]]:
     for text in texts:
         names = text.split()
         try:
+            if not names:
+                raise ValueError("no augmentation named; give none for none")
             check_order(names)
         except ValueError as error:
             raise UserError(f"--pipelines {text!r}: {error}") from None
+        if names in pipelines:
+            raise UserError(f"--pipelines {text!r}: given more than once")
         pipelines.append(names)
     return pipelines
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from dataloader import DeviceLoader, load_split, manifest_sha256, read_classes
-from dataloader.augment import TEST_AUGMENTATIONS
+from dataloader.augment import TEST_AUGMENTATIONS, check_test_augment
 from training.checkpoint import load_checkpoint, load_ready_model
 from training.cli import (
     HelpFormatter,
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=TEST_AUGMENTATIONS,
         metavar="NAME",
         help="also report these test-time augmentations, each beside the plain scores: "
-        f"{', '.join(TEST_AUGMENTATIONS)} (docs/evaluation.md)",
+        f"{', '.join(TEST_AUGMENTATIONS)} (docs/evaluation.md; default: none)",
     )
     # The flag before the table of test-time augmentations, refused with today's spelling.
     add("--flip", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -88,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if "flip" in args:
         parser.error("--flip: give --test-augment flip instead")
+    try:
+        check_test_augment(args.test_augment)
+    except ValueError as error:
+        parser.error(f"--test-augment: {error}")
     return args
 
 

@@ -214,6 +214,13 @@ def claim_output(
             (out / ".writable").unlink()
     except OSError as error:
         raise UserError(f"--out {out}: cannot write there ({one_line(error)})") from None
+    curves = out / CURVES_FOLDER
+    # A link would take the curves (or their removal) outside the run folder.
+    if curves.is_symlink() or (curves.exists() and not curves.is_dir()):
+        raise UserError(
+            f"--out {out}: {curves} is a file or a link, not the folder of the run's curves; "
+            "move it away"
+        )
     if args.resume:
         checkpoint = load_checkpoint(last)
         changed = resume_mismatches(checkpoint["args"], args)
@@ -231,8 +238,8 @@ def claim_output(
         for path in [*(out / name for name in OUTPUT_FILES), *out.glob("confusion_*.png")]:
             path.unlink(missing_ok=True)
         # An old run's curves would run on into the new run's.
-        if (out / CURVES_FOLDER).is_dir():
-            shutil.rmtree(out / CURVES_FOLDER)
+        if curves.is_dir():
+            shutil.rmtree(curves)
         record = {
             "command": rerun_command("train.py", drop=("--overwrite",)),
             "args": recorded_args(args),

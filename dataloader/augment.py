@@ -500,6 +500,19 @@ VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "up-left": lambda images: translate(images, -1, -1),
     "up-left mirrored": lambda images: translate(images, -1, -1).flip(3),
 }
+
+
+def check_test_augment(names: Sequence[str]) -> None:
+    """A ValueError unless ``names`` lists test-time augmentations, each once."""
+    for name in names:
+        if name not in TEST_AUGMENTATIONS:
+            choices = ", ".join(TEST_AUGMENTATIONS)
+            raise ValueError(f"unknown test-time augmentation {name!r}; choose from: {choices}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} given more than once")
+
+
 # A test-time augmentation: the weight of each view's logits in their mean. train.py's and
 # eval.py's --test-augment score each one given beside the plain score.
 TEST_AUGMENTATIONS: dict[str, dict[str, float]] = {

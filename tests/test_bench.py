@@ -84,3 +84,12 @@ def test_bench_augment_times_every_pipeline_and_test_time_augmentation(
 def test_bench_augment_refuses_a_pipeline_train_py_would_refuse():
     with pytest.raises(UserError, match=r"--pipelines 'mixup cutmix': mixup and cutmix both mix"):
         bench.main(["augment", "--pipelines", "crop-flip", "mixup cutmix"])
+
+
+@pytest.mark.parametrize(("pipelines", "message"), [
+    (["crop-flip", ""], "--pipelines '': no augmentation named"),
+    (["crop-flip", "crop-flip "], "--pipelines 'crop-flip ': given more than once"),
+])  # fmt: skip
+def test_bench_augment_refuses_an_empty_or_repeated_pipeline(pipelines, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        bench.main(["augment", "--pipelines", *pipelines])

@@ -113,7 +113,7 @@ def test_null_and_false_override_a_presets_values(tmp_path):
         ({"preset": "gpu"}, "preset: invalid choice: 'gpu'"),
         ({"augment": []}, "augment: must be a list of one or more values, got an empty list"),
         # One name alone is how runs before the augmentation table recorded it.
-        ({"augment": "crop-flip cutout"}, "augment: invalid choice: 'crop-flip cutout'"),
+        ({"augment": "crop-flip cutout"}, "augment: must be a list of one or more values, got \"crop"),
         ({"augment": ["crop-flip", "blur"]}, "augment: invalid choice: 'blur'"),
         ({"nesterov": "yes"}, 'nesterov: must be true or false, got "yes"'),
         ({"deterministic": 1}, "deterministic: must be true or false, got 1"),
@@ -261,3 +261,20 @@ def test_the_recipe_ingredients_in_a_config(tmp_path):
     )
     record = {"command": "train.py --flip-eval", "args": {"flip_eval": True}}
     assert parse_args(["--config", write(tmp_path / "r.json", record)]).test_augment == ["flip"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("deep.json", "[" * 3000 + "]" * 3000, "not a config file (nested too deeply)"),
+        ("deep.yaml", "a: " + "[" * 3000 + "]" * 3000, "not a config file (nested too deeply)"),
+        ("digits.yaml", "epochs: " + "9" * 5000, "not a config file (Exceeds the limit"),
+        # Written by hand: today's terms only, a list for augment and no --flip-eval.
+        ("string.yaml", "augment: cutout\n", "augment: must be a list of one or more values"),
+        ("flip.json", '{"flip_eval": true}', "unknown key 'flip_eval'"),
+    ],
+)
+def test_files_that_only_look_like_configs_are_one_line_errors(tmp_path, capsys, name, content,
+                                                              message):  # fmt: skip
+    line = refused(["--config", write(tmp_path / name, content)], capsys)
+    assert f"--config {tmp_path / name}: " in line and message in line and len(line) < 400

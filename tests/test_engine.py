@@ -324,3 +324,11 @@ def test_a_step_on_mixed_targets_trains_and_scores_within_bounds():
     assert math.isfinite(summary["train_loss"]) and summary["train_samples"] == 64
     # Top-1 counts the mixed shares: fractions of an image, within 0..100 %.
     assert 0 <= summary["train_top1"] <= summary["train_top5"] <= 100
+
+
+@pytest.mark.parametrize("value", ["0", "-0.0", "1.5", "nan"])
+def test_bn_momentum_must_let_the_statistics_move(value, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--bn-momentum", value])
+    assert "--bn-momentum" in capsys.readouterr().err
+    assert parse_args(["--bn-momentum", "1"]).bn_momentum == 1.0  # the last batch only

@@ -94,3 +94,9 @@ def test_changed_from_preset_names_the_flags_a_run_sets_otherwise():
     args = parse_args(["--preset", "cpu", "--epochs", "4", "--no-nesterov", "--width", "0.5"])
     assert changed_from_preset(args, leave_out=("width",)) == ["--epochs", "4", "--no-nesterov"]
     assert changed_from_preset(parse_args(["--preset", "fast"])) == []
+
+
+def test_an_empty_out_is_refused_rather_than_the_working_folder_taken(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--out", ""])
+    assert "--out: an empty path" in capsys.readouterr().err

@@ -182,3 +182,19 @@ def test_a_new_run_clears_the_old_curves(tmp_path):
 
 def test_tensorboard_may_be_switched_on_or_off_on_resume():
     assert resume_mismatches(vars(parse_args([])), parse_args(["--tensorboard"])) == []
+
+
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_a_file_or_link_named_tensorboard_is_refused_before_anything_is_written(tmp_path, kind):
+    out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("kept")
+    if kind == "file":
+        (out / "tensorboard").write_text("kept")
+    else:
+        (out / "tensorboard").symlink_to(elsewhere)
+    args = parse_args(["--out", str(out), "--tensorboard"])
+    with pytest.raises(UserError, match=r"tensorboard is a file or a link, not the folder"):
+        train.claim_output(args, out, main_process=True)
+    assert not (out / "args.json").exists() and (elsewhere / "keep").read_text() == "kept"

@@ -132,3 +132,10 @@ def test_eval_py_takes_test_augment_and_refuses_flip_by_its_new_name(capsys):
     with pytest.raises(SystemExit):
         eval_args(["x.pt", "--test-augment", "rotate"])
     assert "invalid choice: 'rotate'" in capsys.readouterr().err
+
+
+def test_a_test_time_augmentation_given_twice_is_refused(capsys):
+    for parse in (parse_args, lambda argv: eval_args(["x.pt", *argv])):
+        with pytest.raises(SystemExit):
+            parse(["--test-augment", "flip", "translate", "flip"])
+        assert "--test-augment: flip given more than once" in capsys.readouterr().err

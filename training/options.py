@@ -11,6 +11,7 @@ from dataloader.augment import (
     TEST_AUGMENTATIONS,
     Parameter,
     check_order,
+    check_test_augment,
     parameter_key,
 )
 from dataloader.manifests import DEFAULT_DATA
@@ -224,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe("--label-smoothing", type=fraction, default=0.0, help="label smoothing")
     recipe(
         "--bn-momentum",
-        type=fraction,
+        type=at_most(positive_float, 1.0),
         default=None,
         help="weight of each batch in batch norm's running statistics (PyTorch's momentum; "
         "none given: PyTorch's 0.1)",
@@ -296,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=TEST_AUGMENTATIONS,
         metavar="NAME",
         help="also score every evaluated split with these test-time augmentations, each "
-        f"beside the plain score: {', '.join(TEST_AUGMENTATIONS)} (docs/recipes.md)",
+        f"beside the plain score: {', '.join(TEST_AUGMENTATIONS)} (docs/recipes.md; "
+        "default: none)",
     )
     run(
         "--tensorboard",
@@ -395,6 +397,12 @@ def parse_args(
         switch_kwargs(args.model, vars(args))
     except ValueError as error:
         parser.error(str(error))
+    try:
+        check_test_augment(args.test_augment)
+    except ValueError as error:
+        parser.error(f"--test-augment: {error}")
+    if args.out == "":
+        parser.error("--out: an empty path; give the run's folder")
     if args.out is None:
         args.out = default_out(args.model, args.preset)
     return args
@@ -448,7 +456,9 @@ def read_config(file: str, parser: argparse.ArgumentParser) -> dict:
         try:
             mapping = json.loads(text)
         except ValueError as error:
-            parser.error(f"{where}: not JSON ({one_line(error)})")
+            parser.error(f"{where}: not JSON ({one_line(error)[:200]})")
+        except RecursionError:
+            parser.error(f"{where}: not a config file (nested too deeply)")
     else:
         try:
             import yaml
@@ -461,6 +471,10 @@ def read_config(file: str, parser: argparse.ArgumentParser) -> dict:
             problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
             at = f" at line {mark.line + 1}" if problem and mark else ""
             parser.error(f"{where}: not YAML ({problem or one_line(error)}{at})")
+        except RecursionError:
+            parser.error(f"{where}: not a config file (nested too deeply)")
+        except ValueError as error:  # a number PyYAML cannot convert, such as 5,000 digits
+            parser.error(f"{where}: not a config file ({one_line(error)[:200]})")
     if not isinstance(mapping, dict):
         parser.error(f"{where}: not a mapping of flags to values")
     record = mapping.keys() == {"command", "args"} and isinstance(mapping["args"], dict)
@@ -470,7 +484,8 @@ def read_config(file: str, parser: argparse.ArgumentParser) -> dict:
         action.dest: action for action in parser._actions if action.default is not argparse.SUPPRESS
     }
     config = {}
-    for key, value in upgrade_saved_args(mapping).items():
+    # Only a run's record is in an older run's terms; a file written by hand is in today's.
+    for key, value in (upgrade_saved_args(mapping) if record else mapping).items():
         if key not in actions:
             parser.error(f"{where}: unknown key {key!r}{_key_hint(key, actions)}")
         if key in INVOCATION_FLAGS:
