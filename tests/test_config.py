@@ -113,7 +113,10 @@ def test_null_and_false_override_a_presets_values(tmp_path):
         ({"preset": "gpu"}, "preset: invalid choice: 'gpu'"),
         ({"augment": []}, "augment: must be a list of one or more values, got an empty list"),
         # One name alone is how runs before the augmentation table recorded it.
-        ({"augment": "crop-flip cutout"}, "augment: must be a list of one or more values, got \"crop"),
+        (
+            {"augment": "crop-flip cutout"},
+            'augment: must be a list of one or more values, got "crop',
+        ),
         ({"augment": ["crop-flip", "blur"]}, "augment: invalid choice: 'blur'"),
         ({"nesterov": "yes"}, 'nesterov: must be true or false, got "yes"'),
         ({"deterministic": 1}, "deterministic: must be true or false, got 1"),
