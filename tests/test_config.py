@@ -112,7 +112,8 @@ def test_null_and_false_override_a_presets_values(tmp_path):
         ({"model": "fishnet42"}, "model: invalid choice: 'fishnet42'"),
         ({"preset": "gpu"}, "preset: invalid choice: 'gpu'"),
         ({"augment": []}, "augment: must be a list of one or more values, got an empty list"),
-        # One name alone is how runs before the augmentation table recorded it.
+        # One name alone, as runs before the augmentation table recorded it: only a record
+        # of such a run may say it so.
         (
             {"augment": "crop-flip cutout"},
             'augment: must be a list of one or more values, got "crop',
