@@ -192,6 +192,16 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
+def seeded_model(
+    args: argparse.Namespace, classes: int, device: torch.device, channels_last: bool
+) -> nn.Module:
+    """--model at --width on ``device``, with the same weights at every call (seed 0), so
+    that the pipelines compared start alike."""
+    torch.manual_seed(0)
+    model = build_model(args.model, num_classes=classes, width=args.width).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
 def bench_train(args: argparse.Namespace) -> None:
     if args.json is not None:
         check_output_file(args.json, "--json", kind="text")
@@ -209,12 +219,7 @@ def bench_train(args: argparse.Namespace) -> None:
     mean, std = channel_stats(images)
     classes = len(read_classes(args.data))
 
-    def fresh_model(channels_last: bool) -> nn.Module:
-        torch.manual_seed(0)
-        model = build_model(args.model, num_classes=classes, width=args.width).to(device)
-        return model.to(memory_format=torch.channels_last) if channels_last else model
-
-    reference = fresh_model(False)
+    reference = seeded_model(args, classes, device, channels_last=False)
     flops_per_image = 6 * count_macs(reference, 32)  # forward 2 per MAC, backward 4
     peak = peak_tflops(device, args.peak_tflops)
     name = device_name(device)
@@ -225,7 +230,7 @@ def bench_train(args: argparse.Namespace) -> None:
     )
     criterion = nn.CrossEntropyLoss()
 
-    ours = fresh_model(True)
+    ours = seeded_model(args, classes, device, channels_last=True)
     loader = DeviceLoader(
         images,
         labels,
@@ -368,16 +373,11 @@ def bench_augment(args: argparse.Namespace) -> None:
     classes = len(read_classes(args.data))
     common = {"mean": mean, "std": std, "device": device, "channels_last": True}
 
-    def fresh_model() -> nn.Module:
-        torch.manual_seed(0)
-        model = build_model(args.model, num_classes=classes, width=args.width).to(device)
-        return model.to(memory_format=torch.channels_last)
-
     runs = {}
     for names in pipelines:
         loader = DeviceLoader(images, labels, args.batch_size, train=True, augment=names,
                               num_classes=classes, drop_last=True, **common)  # fmt: skip
-        model = fresh_model()
+        model = seeded_model(args, classes, device, channels_last=True)
         step = TrainStep(model, make_optimizer(model), nn.CrossEntropyLoss(), device, amp)
         runs[" ".join(names)] = (forever(loader), step)
     log(
@@ -418,7 +418,7 @@ def bench_augment(args: argparse.Namespace) -> None:
         test_labels[: args.batch_size * args.steps],
     )
     test_loader = DeviceLoader(*evaluated, args.batch_size, train=False, **common)
-    model = fresh_model()
+    model = seeded_model(args, classes, device, channels_last=True)
     choices = [[], *([name] for name in TEST_AUGMENTATIONS)]
     for names in choices:
         evaluate(model, test_loader, classes, device, amp, test_augment=names)  # warm-up
@@ -993,6 +993,13 @@ def finish(budget: Budget, children: list[Child], report: Path) -> None:
     print(f"report: {report}")
 
 
+def add_model_flags(command: argparse.ArgumentParser) -> None:
+    """The data and model flags of the benchmarks that train a model (seeded_model)."""
+    command.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared dataset")
+    command.add_argument("--model", default="fishnet99", choices=model_names(), help="the network")
+    command.add_argument("--width", type=model_width, default=1.0, help="channel multiplier")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench.py", description="Benchmarks of this repository.", formatter_class=HelpFormatter
@@ -1024,9 +1031,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "this pipeline against a seed-style one, in training images per second",
         bench_train,
     )
-    training.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared dataset")
-    training.add_argument("--model", default="fishnet99", choices=model_names(), help="the network")
-    training.add_argument("--width", type=model_width, default=1.0, help="channel multiplier")
+    add_model_flags(training)
     training.add_argument("--batch-size", type=batch_size, default=256, help="per process")
     training.add_argument("--steps", type=step_count, default=50, help="timed steps")
     training.add_argument("--warmup", type=step_count, default=10, help="untimed steps first")
@@ -1099,9 +1104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the cost of each augmentation pipeline and test-time augmentation, side by side",
         bench_augment,
     )
-    augment.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared dataset")
-    augment.add_argument("--model", default="fishnet99", choices=model_names(), help="the network")
-    augment.add_argument("--width", type=model_width, default=1.0, help="channel multiplier")
+    add_model_flags(augment)
     augment.add_argument("--batch-size", type=batch_size, default=256, help="images per batch")
     augment.add_argument(
         "--pipelines",
