@@ -15,7 +15,7 @@ SCRIPTS = ("train.py", "eval.py", "predict.py", "bench.py", "ablate.py", "hubcon
 MODULES = ("utils.py",)
 # Bottom to top: each layer may import itself and the layers before it, never one after it.
 # models/ is a backbone for other projects: it imports nothing of this repository.
-LAYERS = ("utils", "models", "dataloader", "training", "tools")
+LAYERS = ("utils", "models", "dataloader", "training", "downstream", "tools")
 SELF_CONTAINED = {"models"}
 
 
@@ -26,7 +26,7 @@ def module_name(path) -> str:
 
 def project_modules() -> dict[str, object]:
     paths = [REPO_ROOT / name for name in (*SCRIPTS, *MODULES) if (REPO_ROOT / name).exists()]
-    for package in ("models", "dataloader", "training", "tools", "data"):
+    for package in ("models", "dataloader", "training", "downstream", "tools", "data"):
         paths += sorted((REPO_ROOT / package).rglob("*.py"))
     return {module_name(path): path for path in paths}
 
