@@ -215,7 +215,9 @@ def test_the_command_trains_scores_draws_and_keeps_its_run(task, synthetic_cifar
     assert [row["step"] for row in history] == [0, 1, 2]
     assert set(history[0]) == {"step", *TASKS[task].score_names}
     assert (out / "predictions.png").read_bytes().startswith(b"\x89PNG")
-    assert json.loads((out / "args.json").read_text())["args"]["task"] == task
+    recorded = json.loads((out / "args.json").read_text())
+    assert recorded["args"]["task"] == task
+    assert f" -m tools.canvas {task} --data " in recorded["command"]
     one_line_error(run_canvas(*common, "--steps", "2"), "already holds a run", "--resume")
     one_line_error(
         run_canvas(*common, "--steps", "3", "--resume"), "--resume", "--steps 2", "original run"
@@ -239,7 +241,8 @@ def test_ctrl_c_saves_the_run_and_resume_finishes_it(synthetic_cifar10_dir, tmp_
     _, stderr = child.communicate(timeout=300)
     assert child.returncode == 130, stderr
     assert "Traceback" not in stderr
-    assert "--resume" in stderr.splitlines()[-1]
+    assert " -m tools.canvas detection " in stderr.splitlines()[-1]
+    assert stderr.splitlines()[-1].endswith(" --resume")
     saved = torch.load(out / "last.pt", weights_only=True)
     assert 0 <= saved["run"]["step"] < 40
     result = run_canvas(*command, "--resume")

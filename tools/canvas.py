@@ -453,6 +453,9 @@ def main(argv: list[str] | None = None) -> None:
         "stages": stages,
         "stage": stage,
     }
+    # From here on, Ctrl-C and SIGTERM stop the run at the next step with its state saved.
+    stop = StopRequest()
+    stop.install()
     if saved is not None:
         run.load_state_dict(saved["run"])
         print(f"resuming {printable(out / CHECKPOINT)} at step {run.step} of {args.steps}")
@@ -465,8 +468,6 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"step 0 (initialisation): {describe(run.evaluate())}")
         save_run(out, run, args, extra)
-    stop = StopRequest()
-    stop.install()
     bar = tqdm(total=args.steps, initial=run.step, desc=args.task, dynamic_ncols=True)
     while run.step < args.steps:
         if stop.signal is not None:

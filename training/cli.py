@@ -140,10 +140,11 @@ def python_command() -> str:
 
 
 def rerun_command(script: str, drop: tuple[str, ...] = (), add: tuple[str, ...] = ()) -> str:
-    """The command line that starts ``script`` again with this process's flags, less
-    ``drop``, plus ``add``."""
+    """The command line that starts ``script`` (a file, or ``-m`` and a module) again with
+    this process's flags, less ``drop``, plus ``add``."""
     argv = [arg for arg in sys.argv[1:] if arg not in drop]
-    return shlex.join([python_command(), script, *argv, *add])
+    program = script.split(" ", 1) if script.startswith("-m ") else [script]
+    return shlex.join([python_command(), *program, *argv, *add])
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
