@@ -222,6 +222,11 @@ def test_the_command_trains_scores_draws_and_keeps_its_run(task, synthetic_cifar
     one_line_error(
         run_canvas(*common, "--steps", "3", "--resume"), "--resume", "--steps 2", "original run"
     )
+    one_line_error(run_canvas(*common, "--resume", "--steps", "2", "--seed", "1"), "--seed 0")
+    saved = torch.load(out / "last.pt", weights_only=True)
+    del saved["run"]["model"][next(iter(saved["run"]["model"]))]
+    torch.save(saved, out / "last.pt")
+    one_line_error(run_canvas(*common, "--steps", "2", "--resume"), "last.pt is damaged")
 
 
 @pytest.mark.slow
@@ -278,9 +283,22 @@ def refusal(argv: list, capsys: pytest.CaptureFixture) -> str:
         (["detection", "--object-sizes", "30", "20"], ["--object-sizes", "MIN is above MAX"]),
         (["detection", "--object-sizes", "20", "100"], ["--object-sizes", "96 canvas"]),
         (["detection", "--width", "0.3"], ["--width", "multiple of 1/16"]),
+        (["detection", "--width", "1e9"], ["--width", "at most 4"]),
+        (["detection", "--momentum", "-1"], ["--momentum"]),
+        (["detection", "--momentum", "nan"], ["--momentum"]),
+        (["detection", "--weight-decay", "-1"], ["--weight-decay"]),
+        (["detection", "--weight-decay", "inf"], ["--weight-decay"]),
+        (["detection", "--seed", str(2**64)], ["--seed", "at most"]),
+        (["detection", "--steps", "9" * 400], ["--steps", "at most"]),
+        (["detection", "--max-objects", "10" * 12], ["--max-objects", "at most 64"]),
+        (["detection", "--fpn-channels", "10" * 7], ["--fpn-channels", "at most"]),
+        (["detection", "--batch-size", "10" * 6], ["--batch-size", "at most"]),
+        (["detection", "--eval-canvases", "10" * 6], ["--eval-canvases", "at most"]),
+        (["detection", "--resume"], ["--resume", "does not exist"]),
         (["detection", "--warmup-steps", "300"], ["--warmup-steps"]),
         (["detection", "--steps", "0"], ["--steps", "positive"]),
-        (["detection", "--backbone", "missing.pt"], ["missing.pt", "no such checkpoint"]),
+        (["detection", "--backbone", "missing.pt"], ["--backbone", "no such checkpoint"]),
+        (["detection", "--backbone", "."], ["--backbone", "a folder"]),
         (["detection", "--data", "nowhere"], ["nowhere", "not found"]),
     ],
 )
@@ -291,7 +309,14 @@ def test_bad_input_is_refused_in_one_line_before_any_work(
     line = refusal([*flags, *data, "--out", tmp_path / "run", "--device", "cpu"], capsys)
     for phrase in phrases:
         assert phrase in line, line
-    assert not (tmp_path / "run" / "last.pt").exists()
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_broken_link_as_the_run_folder_is_refused(synthetic_cifar10_dir, tmp_path, capsys):
+    (tmp_path / "run").symlink_to(tmp_path / "nowhere")
+    argv = ["detection", "--data", synthetic_cifar10_dir, "--out", tmp_path / "run"]
+    assert "a broken symbolic link" in refusal(argv, capsys)
+    assert not (tmp_path / "nowhere").exists()
 
 
 @pytest.mark.slow

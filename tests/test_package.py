@@ -71,7 +71,7 @@ def test_installs_fishnet_cifar_only(tmp_path, editable):
     assert all("fishnet_cifar" in name or name == "__pycache__" for name in installed), installed
     assert [p.name for p in (target / "models").iterdir()] == ["__init__.py"]
     assert (target / "models" / "__init__.py").read_text() == ANOTHER_PROJECT
-    for name in ("dataloader", "training", "utils.py", "tools", "tests", "data"):
+    for name in ("dataloader", "training", "downstream", "utils.py", "tools", "tests", "data"):
         assert not (target / name).exists(), name
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -41,7 +41,7 @@ from downstream.backbones import (
 from downstream.canvas import CanvasDataset
 from downstream.run import CanvasRun
 from downstream.tasks import TASKS, Normalization
-from models import build_model, check_width, model_names
+from models import build_model, model_names
 from training.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
@@ -52,7 +52,10 @@ from training.checkpoint import (
 from training.cli import (
     Ended,
     HelpFormatter,
+    at_most,
     check_output_folder,
+    fraction,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -62,18 +65,25 @@ from training.cli import (
 from training.distributed import resolve_device
 from training.engine import StopRequest
 from training.optim import make_optimizer, make_scheduler
-from utils import FileLock, UserError, atomic_write, printable, write_text
+from training.options import model_width, seed_number
+from utils import FileLock, UserError, atomic_write, one_line, printable, write_text
 
 CANVAS_FORMAT = "fishnet-cifar-canvas-run"
 CANVAS_VERSION = 1
 CHECKPOINT = "last.pt"
 DEFAULT_MODEL, DEFAULT_WIDTH = "fishnet99", 0.25
+# Bounds of the flags whose larger values would only hang or exhaust the machine; MAX_STEPS
+# keeps every step's seed distinct (downstream.run.STEP_SEEDS).
+MAX_STEPS = 1_000_000
+MAX_CANVAS_SIZE = 1024
+MAX_OBJECTS = 64
+MAX_CANVASES = 1 << 16
+MAX_CHANNELS = 1 << 14
 EVAL_SEED = 0  # the held-out canvases are the same for every run
 FIGURE_CANVASES = 8
-SCORE_THRESHOLD = 0.5  # the detections drawn in predictions.png
-# The flags that define a run: --resume refuses a command that changes one.
+FIGURE_DETECTIONS = 3  # the best-scored detections drawn on each canvas of predictions.png
+# The flags that define a run (besides its task): --resume refuses a command that changes one.
 RUN_FLAGS = (
-    "task",
     "data",
     "model",
     "width",
@@ -111,7 +121,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--out", type=Path, default=None, help="the run folder (default: runs/canvas-TASK)")
     model = parser.add_argument_group("backbone")
     model.add_argument("--model", default=DEFAULT_MODEL, choices=model_names())
-    model.add_argument("--width", type=float, default=DEFAULT_WIDTH, help="channel multiplier")
+    model.add_argument(
+        "--width", type=model_width, default=DEFAULT_WIDTH, help="channel multiplier"
+    )
     model.add_argument(
         "--backbone",
         type=Path,
@@ -135,13 +147,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "resolution, FishNet's body3)",
     )
     model.add_argument("--head", default="fcn", choices=SEGMENTATION_HEADS, help="segmentation")
-    model.add_argument("--fpn-channels", type=positive_int, default=64, help="detection")
     model.add_argument(
-        "--representation-size", type=positive_int, default=256, help="detection: box head"
+        "--fpn-channels", type=at_most(positive_int, MAX_CHANNELS), default=64, help="detection"
+    )
+    model.add_argument(
+        "--representation-size",
+        type=at_most(positive_int, MAX_CHANNELS),
+        default=256,
+        help="detection: box head",
     )
     canvas = parser.add_argument_group("canvases")
-    canvas.add_argument("--canvas-size", type=positive_int, default=96, help="pixels")
-    canvas.add_argument("--max-objects", type=positive_int, default=3, help="per canvas")
+    canvas.add_argument(
+        "--canvas-size", type=at_most(positive_int, MAX_CANVAS_SIZE), default=96, help="pixels"
+    )
+    canvas.add_argument(
+        "--max-objects", type=at_most(positive_int, MAX_OBJECTS), default=3, help="per canvas"
+    )
     canvas.add_argument(
         "--object-sizes",
         nargs=2,
@@ -151,16 +172,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="side of a pasted image, pixels",
     )
     recipe = parser.add_argument_group("recipe (SGD with a warm-up, then cosine to zero)")
-    recipe.add_argument("--steps", type=positive_int, default=300)
-    recipe.add_argument("--batch-size", type=positive_int, default=8, help="canvases")
+    recipe.add_argument("--steps", type=at_most(positive_int, MAX_STEPS), default=300)
+    recipe.add_argument(
+        "--batch-size", type=at_most(positive_int, MAX_CANVASES), default=8, help="canvases"
+    )
     recipe.add_argument("--lr", type=positive_float, default=0.02)
-    recipe.add_argument("--momentum", type=float, default=0.9)
-    recipe.add_argument("--weight-decay", type=float, default=1e-4)
+    recipe.add_argument("--momentum", type=fraction, default=0.9)
+    recipe.add_argument(
+        "--weight-decay", type=non_negative_float, default=1e-4, help="on weights only"
+    )
     recipe.add_argument("--warmup-steps", type=non_negative_int, default=30)
-    recipe.add_argument("--seed", type=int, default=0)
+    recipe.add_argument("--seed", type=seed_number, default=0)
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument("--eval-split", default="valid", choices=("valid", "test"))
-    scoring.add_argument("--eval-canvases", type=positive_int, default=256)
+    scoring.add_argument("--eval-canvases", type=at_most(positive_int, MAX_CANVASES), default=256)
     scoring.add_argument(
         "--eval-every", type=non_negative_int, default=0, help="steps (0: start and end only)"
     )
@@ -179,10 +204,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     """What argparse's types cannot see: bounds that depend on each other."""
-    try:
-        check_width(args.width)
-    except ValueError as error:
-        raise UserError(f"--width: {error}") from None
     low, high = args.object_sizes
     if low > high:
         raise UserError(f"--object-sizes {low} {high}: MIN is above MAX")
@@ -217,7 +238,12 @@ def load_backbone(args: argparse.Namespace, num_classes: int):
         torch.manual_seed(args.seed)
         model = build_model(args.model, num_classes=num_classes, width=args.width)
         return model, None, {"name": args.model, "kwargs": {"width": args.width}}
-    checkpoint = load_checkpoint(args.backbone)
+    if args.backbone.is_dir():
+        raise UserError(f"--backbone {args.backbone}: a folder, not a checkpoint file")
+    try:
+        checkpoint = load_checkpoint(args.backbone)
+    except UserError as error:
+        raise UserError(f"--backbone {error}") from None
     spec = checkpoint["model"]
     width = spec["kwargs"].get("width", 1.0)
     for flag, given, default, saved in (
@@ -230,7 +256,7 @@ def load_backbone(args: argparse.Namespace, num_classes: int):
     args.model, args.width = spec["name"], width
     if spec["kwargs"].get("stem", "cifar") != "cifar":
         raise UserError(
-            f"--backbone {args.backbone}: a {spec['kwargs']['stem']} stem; "
+            f"--backbone {args.backbone}: the {spec['kwargs']['stem']} stem; "
             "the canvases are for the CIFAR stem"
         )
     model = model_from_checkpoint(checkpoint, args.backbone)
@@ -239,30 +265,44 @@ def load_backbone(args: argparse.Namespace, num_classes: int):
     return model, normalization, spec
 
 
-def claim_folder(args: argparse.Namespace, out: Path) -> tuple[FileLock, dict | None]:
-    """Locks the run folder and returns the state to resume from, if --resume."""
+def check_out(args: argparse.Namespace, out: Path) -> None:
+    """Refuses, before any work, a run folder that cannot take this run."""
     check_output_folder(out, "--out")
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"--out {out}: a broken symbolic link")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: a file, not a folder")
+    if args.resume and not (out / CHECKPOINT).is_file():
+        raise UserError(
+            f"--resume: {out / CHECKPOINT} does not exist; start the run without --resume"
+        )
+    if not (args.resume or args.overwrite):
+        refuse_existing_run(out)
+
+
+def claim_folder(out: Path) -> FileLock:
+    """Locks the run folder: a second run into it is refused while this one lives."""
     lock = FileLock(out / ".lock")
     try:
         if not lock.acquire():
             raise UserError(f"--out {out}: another run is writing there; use another --out")
     except OSError as error:
         raise UserError(f"--out {out}: cannot write there ({error.strerror})") from None
-    if not args.resume:
-        if not args.overwrite:
-            refuse_existing_run(out)
-        return lock, None
-    path = out / CHECKPOINT
-    if not path.is_file():
-        raise UserError(f"--resume: {path} does not exist; start the run without --resume")
+    return lock
+
+
+def read_saved_run(path: Path, args: argparse.Namespace, classes: list[str]) -> dict:
+    """The checkpoint --resume goes on from, if it is one of this run; else a UserError."""
     saved = read_torch_file(path)
     if not isinstance(saved, dict) or saved.get("format") != CANVAS_FORMAT:
         raise UserError(f"--resume: {path} is not a canvas run's checkpoint")
     if saved.get("version") != CANVAS_VERSION:
         raise UserError(f"--resume: {path} has version {saved.get('version')!r}")
-    recorded = saved.get("args", {})
+    recorded = saved.get("args")
+    if not isinstance(recorded, dict) or not isinstance(saved.get("run"), dict):
+        raise UserError(f"--resume: {path} is damaged (no flags or no state)")
+    if recorded.get("task") != args.task:
+        raise UserError(f"--resume: {path} is a run of {recorded.get('task')!r}, not {args.task}")
     given = run_fields(args)
     changed = [
         f"--{key.replace('_', '-')} {recorded.get(key)!r}"
@@ -274,14 +314,17 @@ def claim_folder(args: argparse.Namespace, out: Path) -> tuple[FileLock, dict | 
             f"--resume: {path} was trained with {', '.join(changed)}; resume with the flags "
             "of the original run"
         )
-    return lock, saved
+    if saved.get("classes") != classes:
+        raise UserError(f"--resume: {path} was trained on other classes than {args.data}'s")
+    return saved
 
 
 def run_fields(args: argparse.Namespace) -> dict:
-    """The run-defining flags as args.json and last.pt record them (paths as text)."""
-    fields = {key: getattr(args, key) for key in RUN_FLAGS}
+    """The run-defining flags as args.json and last.pt record them: paths absolute, the
+    stages written out (so that the default and its spelling compare equal)."""
+    fields = {key: getattr(args, key) for key in ("task", *RUN_FLAGS)}
     for key in ("data", "backbone"):
-        fields[key] = None if fields[key] is None else str(fields[key])
+        fields[key] = None if fields[key] is None else str(Path(fields[key]).resolve())
     return fields
 
 
@@ -301,13 +344,13 @@ def save_run(out: Path, run: CanvasRun, args: argparse.Namespace, extra: dict) -
 
 
 def draw_predictions(run: CanvasRun, classes: list[str], title: str) -> Figure:
-    """The first held-out canvases: for detection each with its true boxes (dashed) and the
-    detections scored at least :data:`SCORE_THRESHOLD`; for segmentation a row of canvases,
-    one of true masks and one of predicted masks."""
+    """The first held-out canvases: for detection each with its true boxes (dashed) and its
+    :data:`FIGURE_DETECTIONS` best-scored detections; for segmentation a row of canvases, one
+    of true masks and one of predicted masks."""
     canvases = [run.eval_canvases[i] for i in range(min(FIGURE_CANVASES, len(run.eval_canvases)))]
     predictions = run.predict(canvases)
     rows = 1 if run.task.name == "detection" else 3
-    figure = Figure(figsize=(2.2 * len(canvases), 2.3 * rows + 1.2))
+    figure = Figure(figsize=(2.2 * len(canvases), 2.3 * rows + 1.0), layout="constrained")
     axes = figure.subplots(rows, len(canvases), squeeze=False)
     label_colors = ListedColormap(["black", *[f"C{i}" for i in range(len(classes))]])
     for column, (canvas, predicted) in enumerate(zip(canvases, predictions, strict=True)):
@@ -315,13 +358,13 @@ def draw_predictions(run: CanvasRun, classes: list[str], title: str) -> Figure:
         axes[0, column].imshow(image)
         if run.task.name == "detection":
             draw_boxes(axes[0, column], canvas.boxes, canvas.labels, classes, dashed=True)
-            keep = predicted["scores"] >= SCORE_THRESHOLD
+            best = predicted["scores"].argsort(descending=True)[:FIGURE_DETECTIONS]
             draw_boxes(
                 axes[0, column],
-                predicted["boxes"][keep],
-                predicted["labels"][keep],
+                predicted["boxes"][best],
+                predicted["labels"][best],
                 classes,
-                scores=predicted["scores"][keep],
+                scores=predicted["scores"][best],
             )
         else:
             for row, mask in ((1, canvas.mask), (2, predicted)):
@@ -383,30 +426,30 @@ def describe(row: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out = args.out if args.out is not None else Path(f"runs/canvas-{args.task}")
+    check_out(args, out)
     device = resolve_device(args.device)
     classes = read_classes(args.data)
     model, normalization, backbone_spec = load_backbone(args, len(classes))
-    stages = resolve_stages(args, model) if args.task == "detection" else None
-    stage = (args.stage or finest_stage(model)) if args.task == "segmentation" else None
-    if stage is not None:
+    if args.task == "detection":
+        args.stages = resolve_stages(args, model)
+    else:
+        args.stage = args.stage or finest_stage(model)
         try:
-            stage_indices(model, [stage])
+            stage_indices(model, [args.stage])
         except ValueError as error:
             raise UserError(f"--stage: {error}") from None
-    lock, saved = claim_folder(args, out)
     train_images, train_labels = load_split(args.data, "train")
     eval_images, eval_labels = load_split(args.data, args.eval_split)
     if normalization is None:
-        mean, std = channel_stats(train_images)
-        normalization = Normalization(mean, std)
+        normalization = Normalization(*channel_stats(train_images))
     task = TASKS[args.task]
     net = task.build(
         model,
         len(classes) + 1,
         args.canvas_size,
         normalization,
-        stages=stages,
-        stage=stage,
+        stages=args.stages,
+        stage=args.stage,
         head=args.head,
         fpn_channels=args.fpn_channels,
         representation_size=args.representation_size,
@@ -450,16 +493,21 @@ def main(argv: list[str] | None = None) -> None:
         "classes": classes,
         "normalization": {"mean": list(normalization.mean), "std": list(normalization.std)},
         "backbone": backbone_spec,
-        "stages": stages,
-        "stage": stage,
     }
+    lock = claim_folder(out)
     # From here on, Ctrl-C and SIGTERM stop the run at the next step with its state saved.
     stop = StopRequest()
     stop.install()
-    if saved is not None:
-        run.load_state_dict(saved["run"])
-        print(f"resuming {printable(out / CHECKPOINT)} at step {run.step} of {args.steps}")
+    if args.resume:
+        path = out / CHECKPOINT
+        try:
+            run.load_state_dict(read_saved_run(path, args, classes)["run"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+            raise UserError(f"--resume: {path} is damaged ({one_line(error)})") from None
+        print(f"resuming {printable(path)} at step {run.step} of {args.steps}")
     else:
+        if not args.overwrite:
+            refuse_existing_run(out)  # one written since the check, before the lock
         write_text(
             out / "args.json",
             json.dumps(
@@ -488,7 +536,8 @@ def main(argv: list[str] | None = None) -> None:
     bar.close()
     title = (
         f"{args.task}: {backbone_spec['name']}, width {backbone_spec['kwargs'].get('width', 1.0)}, "
-        f"{' '.join(stages) if stages else stage}, {run.step} steps; held-out canvases "
+        f"{' '.join(args.stages) if args.stages else args.stage}, {run.step} steps; "
+        "held-out canvases "
         f"({args.eval_split} split)\nat initialisation {describe(run.history[0])}; "
         f"now {describe(run.history[-1])}"
     )
