@@ -382,7 +382,7 @@ def draw_predictions(run: CanvasRun, classes: list[str], title: str) -> Figure:
         for row, name in enumerate(("canvas", "true classes", "predicted")):
             axes[row, 0].set_ylabel(name)
         handles = [Patch(color=f"C{i}", label=printable(name)) for i, name in enumerate(classes)]
-        figure.legend(handles=handles, loc="lower center", ncol=len(classes), fontsize=8)
+        figure.legend(handles=handles, loc="outside lower center", ncol=len(classes), fontsize=8)
     figure.suptitle(title, fontsize=10, parse_math=False)
     return figure
 
