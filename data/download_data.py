@@ -206,9 +206,11 @@ def encode_png(task: ImageTask) -> str | None:
     return None
 
 
-class Stopped(Exception):
+class Stopped(BaseException):
     """Ctrl-C or SIGTERM stopped the run, after it cleaned up what it wrote; ``outcome``
-    says what is in place."""
+    says what is in place. Like KeyboardInterrupt it is no Exception: the signal may land
+    inside a library's ``except Exception`` (tqdm's start of its monitor thread has one),
+    which would swallow it and let the run go on."""
 
     def __init__(self, signum: int, outcome: str = "nothing was changed") -> None:
         super().__init__(outcome)

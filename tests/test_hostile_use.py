@@ -360,6 +360,32 @@ def test_download_stopped_by_sigterm_cleans_up(tmp_path):
     assert [path.name for path in out.iterdir()] == []
 
 
+def test_a_sigterm_inside_a_library_that_catches_exceptions_still_stops_the_download(
+    tmp_path, monkeypatch, capsys
+):
+    """The signal lands as tqdm starts its monitor thread, inside tqdm's ``except Exception``
+    (the race the test above can hit)."""
+    import tqdm.std
+
+    def terminated_as_the_monitor_starts(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(tqdm.std, "TMonitor", terminated_as_the_monitor_starts)
+    monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 10)
+    monkeypatch.setattr(tqdm.std.tqdm, "monitor", None)
+    source = write_synthetic_source(tmp_path / "source", train_per_class=2)
+    out = tmp_path / "data"
+    handler_before = signal.getsignal(signal.SIGTERM)
+    try:
+        status = download_data.main(["--source", str(source), "--out", str(out)])
+    finally:
+        signal.signal(signal.SIGTERM, handler_before)
+    stderr = capsys.readouterr().err
+    assert status == 143, stderr
+    assert stderr.strip().endswith("stopped by SIGTERM; nothing was changed"), stderr
+    assert [path.name for path in out.iterdir()] == []
+
+
 # -- torchrun's variables --------------------------------------------------------------------
 
 
