@@ -75,7 +75,7 @@ from training.options import (
 )
 from training.plots import write_history
 from training.precision import resolve_amp
-from utils import FileLock, UserError, link_or_copy, one_line, write_text
+from utils import FileLock, UserError, link_or_copy, lock_run_folder, one_line, write_text
 
 OUTPUT_FILES = (*CHECKPOINT_FILES, "history.json", "history.csv", "acc.png", "loss.png")
 # Compiling the step saves about 40 % of every step: on one H100, FishNet-99 trained
@@ -203,17 +203,15 @@ def claim_output(
     last = out / "last.pt"
     if args.resume and not last.is_file():
         raise UserError(f"--resume: {last} does not exist; start the run without --resume")
-    lock = FileLock(out / ".lock")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: a file, not a folder")
-    try:
-        if main_process and not lock.acquire():
-            raise UserError(f"--out {out}: another run is writing there; use another --out")
-        if main_process:
+    lock = lock_run_folder(out) if main_process else FileLock(out / ".lock")
+    if main_process:
+        try:
             write_text(out / ".writable", "")
             (out / ".writable").unlink()
-    except OSError as error:
-        raise UserError(f"--out {out}: cannot write there ({one_line(error)})") from None
+        except OSError as error:
+            raise UserError(f"--out {out}: cannot write there ({one_line(error)})") from None
     curves = out / CURVES_FOLDER
     # A link would take the curves (or their removal) outside the run folder.
     if curves.is_symlink() or (curves.exists() and not curves.is_dir()):

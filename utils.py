@@ -1,7 +1,7 @@
 """The bottom layer every package but models/ may import: user errors and one-line messages,
 text that is safe to print on a terminal, files written atomically and read with bounds on
-what they may cost, the one lock on a file, Markdown tables, waiting for a device, child
-processes that end with their parent.
+what they may cost, the one lock on a file (and on a run folder), Markdown tables, whether a
+tensor holds integers, waiting for a device, child processes that end with their parent.
 
 Standard library only at import time (data/download_data.py starts without torch); torch is
 imported where it is used.
@@ -278,6 +278,26 @@ class FileLock:
             self.path.unlink(missing_ok=True)
         self._file.close()  # closing releases the lock
         self._file = None
+
+
+def holds_integers(tensor: torch.Tensor) -> bool:
+    """Whether the tensor's dtype is an integer one (bool is not: it holds truth values)."""
+    import torch
+
+    dtype = tensor.dtype
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
+def lock_run_folder(out: Path) -> FileLock:
+    """The lock on the run folder ``out`` (its file ``.lock``), now held by this process; a
+    UserError naming --out if another run holds it or the folder cannot be written."""
+    lock = FileLock(Path(out) / ".lock")
+    try:
+        if not lock.acquire():
+            raise UserError(f"--out {out}: another run is writing there; use another --out")
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot write there ({one_line(error)})") from None
+    return lock
 
 
 @contextlib.contextmanager

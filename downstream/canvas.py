@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from utils import holds_integers
+
 # Positions drawn for an object before it is given up for one that overlaps no earlier
 # object: a canvas then has fewer objects than drawn (but never none, since the first object
 # always fits).
@@ -77,11 +79,6 @@ def random_background(size: int, generator: torch.Generator) -> Tensor:
     return background[0].round().clamp(0, 255).to(torch.uint8)
 
 
-def _is_integer(tensor: Tensor) -> bool:
-    dtype = tensor.dtype
-    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
-
-
 class CanvasDataset(torch.utils.data.Dataset):
     """``length`` canvases made from a split's images (uint8 [N, 3, H, W]) and labels (int64
     [N], 0..num_classes - 1), as dataloader.splits.load_split returns them.
@@ -110,7 +107,7 @@ class CanvasDataset(torch.utils.data.Dataset):
             raise ValueError(
                 f"images must be [N, 3, H, W] with N >= 1; got shape {tuple(images.shape)}"
             )
-        if not isinstance(labels, Tensor) or not _is_integer(labels) or labels.ndim != 1:
+        if not isinstance(labels, Tensor) or not holds_integers(labels) or labels.ndim != 1:
             raise ValueError(f"labels must be a 1-D integer tensor; got {_describe(labels)}")
         if len(labels) != len(images):
             raise ValueError(f"labels must be one per image ({len(images)}); got {len(labels)}")

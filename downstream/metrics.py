@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from utils import holds_integers
+
 # COCO's IoU thresholds, 0.50:0.05:0.95, written out: an IoU equal to a threshold counts as a
 # match, and decimals computed by steps of 0.05 would miss some equal ones by a rounding.
 COCO_IOU_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
@@ -176,7 +178,7 @@ def _boxes(entry: Mapping[str, Tensor], what: str, image: int) -> Tensor:
 
 def _labels(entry: Mapping[str, Tensor], what: str, image: int, num_classes: int) -> Tensor:
     labels = _tensor(entry, "labels", what, image).reshape(-1)
-    if not _is_integer(labels):
+    if not holds_integers(labels):
         raise ValueError(f"{what}[{image}]['labels'] must be integers; got {labels.dtype}")
     if len(labels) and (labels.min() < 1 or labels.max() > num_classes):
         raise ValueError(
@@ -184,11 +186,6 @@ def _labels(entry: Mapping[str, Tensor], what: str, image: int, num_classes: int
             f"got {labels.tolist()}"
         )
     return labels.long()
-
-
-def _is_integer(tensor: Tensor) -> bool:
-    dtype = tensor.dtype
-    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
 
 
 class ConfusionMatrix:
@@ -211,7 +208,7 @@ class ConfusionMatrix:
                 f"and {tuple(target.shape)}"
             )
         for name, labels in (("predicted", predicted), ("target", target)):
-            if not _is_integer(labels):
+            if not holds_integers(labels):
                 raise ValueError(f"{name} must hold integer labels; got {labels.dtype}")
             if labels.numel() and bool(((labels < 0) | (labels >= self.num_labels)).any()):
                 raise ValueError(

@@ -1,9 +1,22 @@
-"""utils.py, the bottom layer: one-line messages, the one file lock, Markdown tables."""
+"""utils.py, the bottom layer: one-line messages, the one file lock and the run folder's,
+Markdown tables, integer tensors."""
 
+import re
 import subprocess
 import sys
 
-from utils import FileLock, UserError, markdown_table, one_line, out_of_gpu_memory
+import pytest
+import torch
+
+from utils import (
+    FileLock,
+    UserError,
+    holds_integers,
+    lock_run_folder,
+    markdown_table,
+    one_line,
+    out_of_gpu_memory,
+)
 
 HOLD_LOCK = """
 import sys, time
@@ -58,6 +71,26 @@ def test_a_removed_lock_file_is_replaced_not_shared(tmp_path):
     assert second.acquire()
     assert not third.acquire()
     second.release()
+
+
+def test_a_run_folder_is_locked_once_and_its_refusals_name_out(tmp_path):
+    out = tmp_path / "run"
+    lock = lock_run_folder(out)  # the folder is made
+    with pytest.raises(UserError, match=re.escape(f"--out {out}: another run is writing there")):
+        lock_run_folder(out)
+    lock.release()
+    lock_run_folder(out).release()
+    (tmp_path / "file").write_text("")
+    inside_a_file = tmp_path / "file" / "run"
+    with pytest.raises(UserError, match=re.escape(f"--out {inside_a_file}: cannot write there")):
+        lock_run_folder(inside_a_file)
+
+
+def test_holds_integers_takes_every_integer_dtype_and_nothing_else():
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+        assert holds_integers(torch.zeros(2, dtype=dtype))
+    for dtype in (torch.bool, torch.float16, torch.float32, torch.complex64):
+        assert not holds_integers(torch.zeros(2, dtype=dtype))
 
 
 def test_markdown_table_aligns_the_columns_it_is_told_to():

@@ -66,7 +66,7 @@ from training.distributed import resolve_device
 from training.engine import StopRequest
 from training.optim import make_optimizer, make_scheduler
 from training.options import model_width, seed_number
-from utils import FileLock, UserError, atomic_write, one_line, printable, write_text
+from utils import UserError, atomic_write, lock_run_folder, one_line, printable, write_text
 
 CANVAS_FORMAT = "fishnet-cifar-canvas-run"
 CANVAS_VERSION = 1
@@ -280,17 +280,6 @@ def check_out(args: argparse.Namespace, out: Path) -> None:
         refuse_existing_run(out)
 
 
-def claim_folder(out: Path) -> FileLock:
-    """Locks the run folder: a second run into it is refused while this one lives."""
-    lock = FileLock(out / ".lock")
-    try:
-        if not lock.acquire():
-            raise UserError(f"--out {out}: another run is writing there; use another --out")
-    except OSError as error:
-        raise UserError(f"--out {out}: cannot write there ({error.strerror})") from None
-    return lock
-
-
 def read_saved_run(path: Path, args: argparse.Namespace, classes: list[str]) -> dict:
     """The checkpoint --resume goes on from, if it is one of this run; else a UserError."""
     saved = read_torch_file(path)
@@ -494,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
         "normalization": {"mean": list(normalization.mean), "std": list(normalization.std)},
         "backbone": backbone_spec,
     }
-    lock = claim_folder(out)
+    lock = lock_run_folder(out)
     # From here on, Ctrl-C and SIGTERM stop the run at the next step with its state saved.
     stop = StopRequest()
     stop.install()
