@@ -123,3 +123,13 @@ def test_models_import_with_only_torch_besides(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(1, 10)"
+
+
+def test_the_scripts_start_without_the_compiler():
+    """torch._dynamo takes seconds to import; only a run that compiles may pay for it."""
+    code = "import sys, train, eval, predict; print('torch._dynamo' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from training.compilation import COMPILE_ERRORS, CompileWatch, compile_function
+from training.compilation import CompileWatch, compile_function, is_compile_error
 from training.distributed import all_reduce_sum, is_main_process, log
 from training.ema import ExponentialMovingAverage
 from training.metrics import METRICS, batch_sums, metric_values
@@ -126,8 +126,8 @@ class TrainStep:
         """(float32 loss, the batch's metric sums), both detached and on the device."""
         try:
             loss, sums = self._forward_backward(images, labels)
-        except COMPILE_ERRORS as error:
-            if not self.compiled:
+        except Exception as error:
+            if not (self.compiled and is_compile_error(error)):
                 raise
             # Nothing has been updated yet: the same step runs again, eagerly.
             self.compile_watch.failed(error)
