@@ -19,7 +19,7 @@ quiet 2-core CPU; `make test` runs everything. Mark a new test `@pytest.mark.slo
 file: `pytestmark = pytest.mark.slow`; one case: `pytest.param(..., marks=pytest.mark.slow)`)
 when it takes more than 3 s on such a CPU (`pytest --durations=0`), or when it or a fixture it
 uses starts train.py, eval.py, predict.py, bench.py, ablate.py or another Python that imports
-torch (5-9 s each; data/download_data.py imports no torch, about 1 s a run). Tests marked
+torch (4-9 s each; data/download_data.py imports no torch, about 1 s a run). Tests marked
 `real_data` are slow without saying so (pytest_collection_modifyitems below): `cifar10_dir`
 alone takes about a minute.
 """

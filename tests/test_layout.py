@@ -125,6 +125,7 @@ def test_models_import_with_only_torch_besides(tmp_path):
     assert result.stdout.strip() == "(1, 10)"
 
 
+@pytest.mark.slow
 def test_the_scripts_start_without_the_compiler():
     """torch._dynamo takes seconds to import; only a run that compiles may pay for it."""
     code = "import sys, train, eval, predict; print('torch._dynamo' in sys.modules)"
